@@ -1,0 +1,1 @@
+"""The ComfyUI skin: node schemas, tooltips, type conversion, progress and cancel. No math here."""

@@ -1,0 +1,31 @@
+"""Types and helpers shared by the pack's nodes."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+PREFIX = "Realiz3D"
+CATEGORY = "Realiz3D"
+
+#: The pack's own socket types: the library objects travel between nodes unchanged.
+MeshType = io.Custom("REALIZ3D_MESH")          # renderers.Mesh
+CamerasType = io.Custom("REALIZ3D_CAMERAS")    # list[renderers.Camera]
+RenderType = io.Custom("REALIZ3D_RENDER")      # renderers.RenderBundle
+
+
+def check_cancel() -> None:
+    """Raise ComfyUI's interrupt if the user cancelled the prompt."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int):
+    """A library progress callback driving ComfyUI's progress bar; each call is a cancel point."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def update(done: int, total_: int) -> None:
+        bar.update_absolute(done, total_)
+        check_cancel()
+
+    check_cancel()
+    return update

@@ -1,0 +1,30 @@
+"""The pack's ComfyExtension: every node module is imported on its own, so a module whose
+optional dependency is missing disables its nodes, never the pack."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+log = logging.getLogger(__name__)
+
+#: module -> node class names
+NODE_MODULES = {
+    "mesh_nodes": ["LoadMesh"],
+    "camera_nodes": ["CameraRig"],
+    "render_nodes": ["RenderViews", "SavePointCloud"],
+}
+
+
+class Realiz3DExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        nodes = []
+        for module_name, classes in NODE_MODULES.items():
+            try:
+                module = importlib.import_module(f".{module_name}", __package__)
+            except Exception as exc:  # an optional dependency is missing or broken
+                log.warning("Realiz3D: nodes %s disabled: %s", ", ".join(classes), exc)
+                continue
+            nodes += [getattr(module, c) for c in classes]
+        return nodes

@@ -1,0 +1,66 @@
+"""Load Mesh: a mesh file from ComfyUI's input folder, or ComfyUI's native MESH."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import Types, io
+
+from ..renderers import MESH_EXTENSIONS, load_mesh, mesh_from_arrays
+from ..renderers import normalize as normalize_mesh
+from .common import CATEGORY, PREFIX, MeshType
+from .paths import BUNDLED_FILES, list_files, resolve_inside
+
+
+class LoadMesh(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = list(BUNDLED_FILES) + list_files(folder_paths.get_input_directory(), MESH_EXTENSIONS)
+        return io.Schema(
+            node_id=f"{PREFIX}LoadMesh",
+            display_name="Load Mesh (Realiz3D)",
+            category=f"{CATEGORY}/render",
+            description="Loads a mesh (GLB, GLTF, OBJ, PLY, STL) with its textures or vertex colours; "
+                        "scenes are flattened with their transforms.",
+            inputs=[
+                io.Boolean.Input("normalize", default=True,
+                                 tooltip="Centre the mesh and scale its longest side to span [-1, 1] (what "
+                                         "RefAny3D and the camera rigs assume). Point maps always use the "
+                                         "mesh's own bounding box."),
+                io.Combo.Input("mesh_file", options=files, default=files[0],
+                               tooltip="A mesh in ComfyUI's input folder (subfolders included, e.g. input/3d "
+                                       "where uploads go). '(bundled) ...' is the pack's sample mesh.",
+                               upload=io.UploadType.model),
+                io.Mesh.Input("mesh", optional=True,
+                              tooltip="Optional native MESH (e.g. from a 3D generator). When connected it is "
+                                      "used instead of mesh_file (first item of a batch)."),
+            ],
+            outputs=[MeshType.Output(display_name="mesh"), io.Mesh.Output(display_name="MESH")],
+        )
+
+    @classmethod
+    def execute(cls, normalize: bool, mesh_file: str, mesh=None) -> io.NodeOutput:
+        if mesh is not None:
+            result = mesh_from_arrays(mesh.vertices[0].cpu().numpy(), mesh.faces[0].cpu().numpy(),
+                                      input_name="mesh")
+        else:
+            path = resolve_inside(folder_paths.get_input_directory(), mesh_file, "mesh_file")
+            result = load_mesh(path, "mesh_file")
+        if normalize:
+            result = normalize_mesh(result)
+        native = Types.MESH(torch.from_numpy(result.vertices).float()[None],
+                            torch.from_numpy(result.faces)[None])
+        return io.NodeOutput(result, native)
+
+    @classmethod
+    def fingerprint_inputs(cls, normalize, mesh_file, mesh=None):
+        # re-run when the file changes on disk, not only when its name does
+        if mesh is None:
+            try:
+                path = resolve_inside(folder_paths.get_input_directory(), mesh_file, "mesh_file")
+                return os.path.getmtime(path)
+            except Exception:
+                return float("nan")
+        return None
+

@@ -1,0 +1,172 @@
+"""Cameras and camera rigs. Conventions (CONVENTIONS.md): world +Y up, right-handed; a camera
+looks down its own -Z with +Y up and +X right (OpenGL); azimuth 0 puts the camera on +X and
+azimuth 90 on +Z; image row 0 is the top row."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+PROJECTIONS = ("perspective", "orthographic")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole (or orthographic) camera.
+
+    cam_to_world: float64 [4, 4], OpenGL camera axes. yfov: vertical field of view in radians
+    (perspective). ortho_height: full visible height in world units (orthographic). The
+    horizontal extent follows from the image's aspect ratio, as in OpenGL.
+    """
+
+    cam_to_world: np.ndarray
+    projection: str = "perspective"
+    yfov: float = math.radians(45.0)
+    ortho_height: float = 2.0
+    znear: float = 0.1
+    zfar: float = 100.0
+
+    @property
+    def position(self) -> np.ndarray:
+        return self.cam_to_world[:3, 3].copy()
+
+    def rays(self, width: int, height: int, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """World-space rays through pixel centres: origins and unit directions, float64 [P, 3],
+        for the flat row-major pixel indices ``pixels`` (all H * W pixels when None)."""
+        if pixels is None:
+            pixels = np.arange(width * height)
+        x = ((pixels % width) + 0.5) / width * 2.0 - 1.0          # NDC, left to right
+        y = 1.0 - ((pixels // width) + 0.5) / height * 2.0         # NDC, row 0 at the top
+        aspect = width / height
+        rot, eye = self.cam_to_world[:3, :3], self.cam_to_world[:3, 3]
+        if self.projection == "perspective":
+            t = math.tan(self.yfov / 2.0)
+            d = np.stack([x * t * aspect, y * t, -np.ones_like(x)], axis=-1) @ rot.T
+            d /= np.linalg.norm(d, axis=-1, keepdims=True)
+            o = np.broadcast_to(eye, d.shape)
+        else:
+            half_h = self.ortho_height / 2.0
+            o = np.stack([x * half_h * aspect, y * half_h, np.zeros_like(x)], axis=-1) @ rot.T + eye
+            d = np.broadcast_to(-rot[:, 2], o.shape)
+        return o, d
+
+    def projection_matrix(self, width: int, height: int) -> np.ndarray:
+        """OpenGL projection matrix (clip = P @ view), float64 [4, 4]."""
+        aspect = width / height
+        n, f = self.znear, self.zfar
+        p = np.zeros((4, 4))
+        if self.projection == "perspective":
+            t = math.tan(self.yfov / 2.0)
+            p[0, 0], p[1, 1] = 1.0 / (aspect * t), 1.0 / t
+            p[2, 2], p[2, 3], p[3, 2] = -(f + n) / (f - n), -2.0 * f * n / (f - n), -1.0
+        else:
+            half_h = self.ortho_height / 2.0
+            p[0, 0], p[1, 1] = 1.0 / (half_h * aspect), 1.0 / half_h
+            p[2, 2], p[2, 3], p[3, 3] = -2.0 / (f - n), -(f + n) / (f - n), 1.0
+        return p
+
+    def to_dict(self) -> dict:
+        return {"cam_to_world": self.cam_to_world.tolist(), "projection": self.projection,
+                "yfov_deg": math.degrees(self.yfov), "ortho_height": self.ortho_height,
+                "znear": self.znear, "zfar": self.zfar}
+
+
+def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
+    """cam_to_world [4, 4] of an OpenGL camera at ``eye`` looking at ``target``.
+    Looking straight along ``up`` the roll is fixed by using -Z (from above) or +Z as up."""
+    eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
+    z = eye - target
+    if np.linalg.norm(z) == 0:
+        raise InputError("cameras", "a camera sits exactly on its look-at target; move it away.")
+    z /= np.linalg.norm(z)
+    x = np.cross(up, z)
+    if np.linalg.norm(x) < 1e-9:
+        x = np.cross(np.array([0.0, 0.0, -1.0 if z[1] > 0 else 1.0]), z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, eye
+    return m
+
+
+def orbit_position(azimuth_deg: float, elevation_deg: float, radius: float) -> np.ndarray:
+    """Point on an orbit around the origin: azimuth 0 on +X, 90 on +Z; elevation up towards +Y."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return np.array([radius * math.cos(el) * math.cos(az), radius * math.sin(el),
+                     radius * math.cos(el) * math.sin(az)])
+
+
+def orbit_rig(num_views: int = 8, elevation_deg: float = 0.0, radius: float = 4.0, yfov_deg: float = 45.0,
+              start_azimuth_deg: float = 0.0, projection: str = "perspective", ortho_height: float = 2.4,
+              znear: float = 0.1, zfar: float = 100.0) -> list[Camera]:
+    """``num_views`` cameras evenly spaced in azimuth, all looking at the origin."""
+    _check_common(num_views, radius, yfov_deg, projection, ortho_height, znear, zfar)
+    return [Camera(look_at(orbit_position(start_azimuth_deg + 360.0 * k / num_views, elevation_deg, radius)),
+                   projection, math.radians(yfov_deg), ortho_height, znear, zfar)
+            for k in range(num_views)]
+
+
+#: RefAny3D's reference renders a 60-frame orbit and keeps frames k * (60 // N).
+REFANY3D_FRAMES = 60
+
+
+def refany3d_rig(num_views: int = 8, radius: float = 4.0, pitch_deg: float = 0.0) -> list[Camera]:
+    """RefAny3D's condition cameras (SPEC.md section 2): frame k * (60 // N) of a 60-frame orbit
+    starting on +X towards +Z, radius 4, pitch 0, vertical FOV 45 deg, near 0.1, far 100.
+    With N = 8 the step is 7 frames (42 deg), not 45: this reproduces the reference exactly."""
+    _check_common(num_views, radius, 45.0, "perspective", 1.0, 0.1, 100.0)
+    if num_views > REFANY3D_FRAMES:
+        raise InputError("num_views", f"the refany3d preset takes at most {REFANY3D_FRAMES} views.")
+    step = max(REFANY3D_FRAMES // num_views, 1)
+    return [Camera(look_at(orbit_position(360.0 * k * step / REFANY3D_FRAMES, pitch_deg, radius)),
+                   "perspective", math.radians(45.0), 2.0, 0.1, 100.0) for k in range(num_views)]
+
+
+def cameras_from_json(text: str, input_name: str = "poses_json") -> list[Camera]:
+    """Explicit poses: a JSON list of objects, each either {"eye": [x,y,z], "target": [x,y,z]
+    (default origin), "up": [x,y,z] (default +Y)} or {"cam_to_world": 4x4 rows}; optional keys
+    "yfov_deg" (45), "projection" ("perspective"), "ortho_height" (2.4), "znear" (0.1), "zfar" (100)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(input_name, f"is not valid JSON ({exc}).") from exc
+    if not isinstance(items, list) or not items:
+        raise InputError(input_name, "must be a non-empty JSON list of camera poses.")
+    cams = []
+    for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise InputError(input_name, f"entry {i} must be an object with 'eye' or 'cam_to_world'.")
+        try:
+            if "cam_to_world" in it:
+                m = np.asarray(it["cam_to_world"], np.float64)
+                if m.shape != (4, 4) or not np.isfinite(m).all():
+                    raise ValueError("cam_to_world must be a finite 4x4 matrix")
+            else:
+                m = look_at(it["eye"], it.get("target", (0, 0, 0)), it.get("up", (0, 1, 0)))
+            cam = Camera(m, it.get("projection", "perspective"), math.radians(float(it.get("yfov_deg", 45.0))),
+                         float(it.get("ortho_height", 2.4)), float(it.get("znear", 0.1)), float(it.get("zfar", 100.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(input_name, f"entry {i} is not a valid pose ({exc}).") from exc
+        _check_common(1, 1.0, math.degrees(cam.yfov), cam.projection, cam.ortho_height, cam.znear, cam.zfar,
+                      input_name)
+        cams.append(cam)
+    return cams
+
+
+def _check_common(num_views, radius, yfov_deg, projection, ortho_height, znear, zfar, input_name=None):
+    if num_views < 1:
+        raise InputError(input_name or "num_views", f"must be at least 1 (got {num_views}).")
+    if not radius > 0:
+        raise InputError(input_name or "radius", f"must be positive (got {radius}).")
+    if projection not in PROJECTIONS:
+        raise InputError(input_name or "projection", f"must be one of {PROJECTIONS} (got {projection!r}).")
+    if not 0.0 < yfov_deg < 180.0:
+        raise InputError(input_name or "fov", f"vertical field of view must be in (0, 180) degrees (got {yfov_deg}).")
+    if not ortho_height > 0:
+        raise InputError(input_name or "ortho_height", f"must be positive (got {ortho_height}).")
+    if not 0 < znear < zfar:
+        raise InputError(input_name or "znear", f"need 0 < znear < zfar (got {znear}, {zfar}).")

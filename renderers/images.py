@@ -1,0 +1,24 @@
+"""Turning float render buffers into displayable images (the last step, nothing earlier)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .render import RenderBundle
+
+
+def normal_image(bundle: RenderBundle, frame: str = "world") -> np.ndarray:
+    """float32 [V, H, W, 3]: (n + 1) / 2 per axis; background black."""
+    n = bundle.normal_world if frame == "world" else bundle.normal_camera
+    return np.where(bundle.mask[..., None], (n + 1.0) * 0.5, 0.0).astype(np.float32)
+
+
+def depth_image(bundle: RenderBundle) -> np.ndarray:
+    """float32 [V, H, W, 3]: per view, near = white, far = dark (0.1), background black."""
+    out = np.zeros((len(bundle), bundle.height, bundle.width), np.float32)
+    for k in range(len(bundle)):
+        m = bundle.mask[k]
+        if m.any():
+            d = bundle.depth[k][m]
+            lo, hi = float(d.min()), float(d.max())
+            out[k][m] = 1.0 - 0.9 * (d - lo) / max(hi - lo, 1e-8)
+    return np.repeat(out[..., None], 3, axis=-1)

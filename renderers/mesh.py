@@ -1,0 +1,140 @@
+"""The pack's in-memory mesh: triangle parts with their own materials, in one asset frame.
+
+A scene is flattened into ``Mesh.parts``: every part's vertices already carry the scene-graph
+transform, so all parts share one frame (the asset's own frame, see CONVENTIONS.md).
+Colours are sRGB in [0, 1], as glTF stores base colours.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+
+#: Albedo of a mesh that carries no colour at all (STL, bare OBJ): RefAny3D's mid grey.
+DEFAULT_ALBEDO = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class MeshPart:
+    """One triangle list with one material.
+
+    vertices: float64 [N, 3]; faces: int64 [M, 3]; uv: float32 [N, 2] (OpenGL convention:
+    v = 0 is the bottom row of the texture) or None; vertex_colors: float32 [N, 4] or None;
+    face_colors: float32 [M, 4] or None; texture: uint8 [H, W, 4] (row 0 = top) or None;
+    base_color: float32 [4], multiplies texture and vertex colours (glTF baseColorFactor).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uv: Optional[np.ndarray] = None
+    vertex_colors: Optional[np.ndarray] = None
+    face_colors: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
+    base_color: np.ndarray = field(default_factory=lambda: np.array([*DEFAULT_ALBEDO, 1.0], np.float32))
+    vertex_normals: Optional[np.ndarray] = None
+    name: str = "part"
+
+
+@dataclass
+class Mesh:
+    """A flattened scene. ``normalization`` maps the asset frame to the render frame:
+    x_render = (x_asset - center) * scale; identity unless :func:`normalize` was applied."""
+
+    parts: list[MeshPart]
+    source: str = "<memory>"
+    center: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scale: float = 1.0
+
+    @property
+    def vertices(self) -> np.ndarray:
+        """All parts' vertices in the render frame, float64 [N, 3]."""
+        return np.concatenate([p.vertices for p in self.parts], axis=0)
+
+    @property
+    def faces(self) -> np.ndarray:
+        """All faces indexing :attr:`vertices`, int64 [M, 3]."""
+        out, base = [], 0
+        for p in self.parts:
+            out.append(p.faces + base)
+            base += len(p.vertices)
+        return np.concatenate(out, axis=0)
+
+    @property
+    def face_offsets(self) -> np.ndarray:
+        """Index of each part's first face in :attr:`faces`, int64 [P + 1]."""
+        return np.cumsum([0] + [len(p.faces) for p in self.parts])
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """Render-frame bounding box, float64 [2, 3] (min, max)."""
+        v = self.vertices
+        return np.stack([v.min(0), v.max(0)])
+
+    @property
+    def asset_bounds(self) -> np.ndarray:
+        """Bounding box in the asset's own frame, float64 [2, 3]; point maps normalise by it."""
+        return self.bounds / self.scale + self.center
+
+    def to_asset_frame(self, points: np.ndarray) -> np.ndarray:
+        return points / self.scale + self.center
+
+    @property
+    def num_faces(self) -> int:
+        return int(sum(len(p.faces) for p in self.parts))
+
+
+def validate(mesh: Mesh, input_name: str = "mesh") -> Mesh:
+    """Raise :class:`InputError` for meshes no renderer can use; return the mesh unchanged."""
+    parts = [p for p in mesh.parts if len(p.faces)]
+    if not parts:
+        raise InputError(input_name, f"'{mesh.source}' has no triangles (empty mesh, or points or lines "
+                                     "only). Load a file with triangle faces.")
+    for p in parts:
+        bad = ~np.isfinite(p.vertices).all(axis=1)
+        if bad.any():
+            raise InputError(input_name, f"'{mesh.source}' part '{p.name}' has {int(bad.sum())} vertices with "
+                                         "NaN or infinite coordinates. Repair the mesh (e.g. remove those "
+                                         "vertices in a 3D editor) and load it again.")
+        if p.faces.min() < 0 or p.faces.max() >= len(p.vertices):
+            raise InputError(input_name, f"'{mesh.source}' part '{p.name}' has faces that index missing "
+                                         "vertices. The file is corrupt; export it again.")
+    extent = np.ptp(np.concatenate([p.vertices for p in parts]), axis=0)
+    if not np.any(extent > 0):
+        raise InputError(input_name, f"'{mesh.source}' has zero size (all vertices coincide).")
+    mesh.parts = parts
+    return mesh
+
+
+def normalize(mesh: Mesh) -> Mesh:
+    """Centre the bounding box on the origin and scale its longest side to span [-1, 1]
+    (RefAny3D's normalisation). Returns a new Mesh; records the transform in center/scale."""
+    lo, hi = mesh.bounds
+    center = (lo + hi) / 2.0
+    scale = 2.0 / float(np.max(hi - lo))
+    parts = [replace(p, vertices=(p.vertices - center) * scale) for p in mesh.parts]
+    # compose with any earlier normalisation so asset-frame queries stay exact
+    return Mesh(parts=parts, source=mesh.source,
+                center=mesh.center + center / mesh.scale, scale=mesh.scale * scale)
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit geometric normals of faces (counter-clockwise winding is the front), [M, 3];
+    degenerate faces get (0, 0, 0)."""
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals, [N, 3] (shared vertices smooth, split vertices stay hard)."""
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    out = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(out, faces[:, k], n)
+    length = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, length, out=np.zeros_like(out), where=length > 0)

