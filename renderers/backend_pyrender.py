@@ -16,6 +16,7 @@ import numpy as np
 
 from .cameras import Camera
 from .errors import InputError
+from .mesh import is_closed
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -85,11 +86,14 @@ def _get_renderer(pyrender, width: int, height: int):
     return _renderer
 
 
-def id_scene(pyrender, vertices: np.ndarray, faces: np.ndarray):
-    """A pyrender Scene holding the mesh unindexed, each face coloured by its id + 1."""
+def id_scene(pyrender, vertices: np.ndarray, faces: np.ndarray, cull_back_faces: bool):
+    """A pyrender Scene holding the mesh unindexed, each face coloured by its id + 1.
+
+    Back faces are culled on closed meshes: there they are never visible, and culling stops a
+    back face from winning the depth tie on a silhouette edge shared with a front face."""
     ids = np.repeat(np.arange(1, len(faces) + 1, dtype=np.int64), 3)
     color = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255, np.full_like(ids, 255)], axis=1)
-    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], doubleSided=True)
+    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], doubleSided=not cull_back_faces)
     prim = pyrender.Primitive(positions=vertices[faces].reshape(-1, 3).astype(np.float32),
                               color_0=color.astype(np.uint8), material=material, mode=4)
     scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
@@ -107,7 +111,7 @@ class PyrenderVisibility:
             raise InputError("mesh", f"has {len(faces)} faces; the pyrender backend handles up to 16.7M. "
                                      "Decimate the mesh or use the 'raycast' backend.")
         self._pyrender = _import_pyrender()
-        self._scene = id_scene(self._pyrender, vertices, faces)
+        self._scene = id_scene(self._pyrender, vertices, faces, is_closed(vertices, faces))
         self._cam_node = None
 
     def face_ids(self, camera: Camera, width: int, height: int) -> np.ndarray:

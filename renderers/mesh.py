@@ -138,3 +138,13 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         np.add.at(out, faces[:, k], n)
     length = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, length, out=np.zeros_like(out), where=length > 0)
+
+
+def is_closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """True when every edge (after welding coincident vertices) is shared by exactly two faces:
+    then no back face can be seen from outside, and a rasteriser may cull them."""
+    _, weld = np.unique(np.round(vertices, 9), axis=0, return_inverse=True)
+    f = weld.reshape(-1)[faces]
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return bool(np.all(counts == 2))

@@ -40,7 +40,8 @@ def load_mesh(path: str, input_name: str = "mesh_file") -> Mesh:
         geom = scene.geometry[geom_name]
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             continue  # point clouds and line paths carry no surface to render
-        parts.append(_part_from_trimesh(geom, np.asarray(transform, np.float64), str(node)))
+        with np.errstate(invalid="ignore", over="ignore"):   # NaN vertices are reported by validate()
+            parts.append(_part_from_trimesh(geom, np.asarray(transform, np.float64), str(node)))
     mesh = Mesh(parts=parts, source=name)
     if not parts:
         has_points = any(len(getattr(g, "vertices", ())) for g in scene.geometry.values())
