@@ -108,14 +108,15 @@ def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: in
     bg = np.asarray(background, np.float32)
 
     v, h, w = len(cameras), height, width
+    # zeros/empty only reserve memory; each view's slice is written inside the loop, so a large
+    # request (64 views at 4K) starts at once and stays cancellable between views
     out = {
-        "mask": np.zeros((v, h, w), bool), "face_id": np.full((v, h, w), -1, np.int32),
+        "mask": np.zeros((v, h, w), bool), "face_id": np.empty((v, h, w), np.int32),
         "points": np.zeros((v, h, w, 3), np.float32), "depth": np.zeros((v, h, w), np.float32),
         "normal_world": np.zeros((v, h, w, 3), np.float32), "albedo": np.empty((v, h, w, 3), np.float32),
     }
-    out["albedo"][:] = bg
     if lit:
-        out["lit"] = out["albedo"].copy()
+        out["lit"] = np.empty((v, h, w, 3), np.float32)
     for k, cam in enumerate(cameras):
         fid = vis.face_ids(cam, w, h)
         pixel = np.flatnonzero(fid.reshape(-1) >= 0)
@@ -124,8 +125,11 @@ def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: in
         # flat views into this view's slices: [H * W] or [H * W, 3]
         flat = {name: arr[k].reshape(h * w, -1) if arr.ndim == 4 else arr[k].reshape(-1)
                 for name, arr in out.items()}
+        out["face_id"][k] = fid
+        out["albedo"][k] = bg
+        if lit:
+            out["lit"][k] = bg
         flat["mask"][pixel] = True
-        flat["face_id"][pixel] = s.face
         flat["points"][pixel] = mesh.to_asset_frame(s.point)
         flat["depth"][pixel] = (s.point - cam.position) @ -cam.cam_to_world[:3, 2]
         flat["normal_world"][pixel] = s.normal

@@ -158,3 +158,43 @@ def copy_outputs(paths: list[str], dest: str) -> list[str]:
         shutil.copyfile(p, target)
         out.append(target)
     return out
+
+
+def run_and_interrupt(server: ComfyServer, prompt: dict, node_id: str, after: int, timeout: float = 120) -> dict:
+    """Run ``prompt``, POST /interrupt once node ``node_id`` reports progress >= ``after``, and
+    follow the websocket until the prompt ends. Returns the progress values seen for that node
+    before and after the interrupt, and the final message type."""
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    async def go():
+        client = uuid.uuid4().hex
+        seen = {"before": [], "after": [], "end": None}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url}/ws?clientId={client}") as ws:
+                async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client}) as r:
+                    pid = (await r.json())["prompt_id"]
+                interrupted = False
+                deadline = time.time() + timeout
+                while time.time() < deadline:
+                    msg = await ws.receive(timeout=timeout)
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    kind, body = data.get("type"), data.get("data", {})
+                    if body.get("prompt_id") not in (None, pid):
+                        continue
+                    if kind == "progress" and body.get("node") == node_id:
+                        seen["after" if interrupted else "before"].append(body["value"])
+                        if not interrupted and body["value"] >= after:
+                            async with session.post(f"{server.url}/interrupt", json={}) as r:
+                                await r.read()
+                            interrupted = True
+                    elif kind in ("execution_interrupted", "execution_success", "execution_error"):
+                        seen["end"] = kind
+                        return seen
+        return seen
+
+    return asyncio.run(go())
