@@ -143,8 +143,14 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def is_closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
     """True when every edge (after welding coincident vertices) is shared by exactly two faces:
     then no back face can be seen from outside, and a rasteriser may cull them."""
-    _, weld = np.unique(np.round(vertices, 9), axis=0, return_inverse=True)
+    # weld on a grid of 1e-6 of the extent, one int64 key per vertex (21 bits per axis; a 1-D
+    # unique is far faster than unique over rows)
+    scale = (2 ** 20 - 1) / max(float(np.abs(vertices).max()), 1e-12)
+    q = np.round(vertices * scale).astype(np.int64) + 2 ** 20
+    _, weld = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_inverse=True)
     f = weld.reshape(-1)[faces]
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    key = np.minimum(a, b) * (int(weld.max()) + 1) + np.maximum(a, b)
+    _, counts = np.unique(key, return_counts=True)
     return bool(np.all(counts == 2))
