@@ -36,14 +36,6 @@ def gl_platform() -> str | None:
     return None
 
 
-def available() -> bool:
-    try:
-        _import_pyrender()
-        return True
-    except InputError:
-        return False
-
-
 def _import_pyrender():
     platform = gl_platform()
     if platform is None:
@@ -111,6 +103,8 @@ class PyrenderVisibility:
             raise InputError("mesh", f"has {len(faces)} faces; the pyrender backend handles up to 16.7M. "
                                      "Decimate the mesh or use the 'raycast' backend.")
         self._pyrender = _import_pyrender()
+        with _lock:
+            _get_renderer(self._pyrender, 1, 1)   # fail here, not mid-render, when GL is broken
         self._scene = id_scene(self._pyrender, vertices, faces, is_closed(vertices, faces))
         self._cam_node = None
 
@@ -135,4 +129,4 @@ class PyrenderVisibility:
                 _local.single_sample = False
         c = color.astype(np.int32)
         ids = c[..., 0] | (c[..., 1] << 8) | (c[..., 2] << 16)
-        return np.where(c[..., 3] > 0, ids - 1, -1).astype(np.int32)
+        return (ids - 1).astype(np.int32)      # background is cleared to 0, i.e. -1 (OSMesa gives RGB only)

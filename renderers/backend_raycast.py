@@ -7,14 +7,6 @@ from .cameras import Camera
 from .errors import InputError
 
 
-def available() -> bool:
-    try:
-        import embreex  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 class RaycastVisibility:
     name = "raycast"
 

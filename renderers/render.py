@@ -1,7 +1,8 @@
 """Render a mesh from a set of cameras into float buffers (the render bundle)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -11,6 +12,8 @@ from .cameras import Camera
 from .errors import InputError
 from .mesh import Mesh
 from .surface import MeshTables, sample_surface, shade_lambert
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "pyrender", "raycast")
 MAX_RESOLUTION = 4096
@@ -81,11 +84,19 @@ def check_cameras_outside(mesh: Mesh, cameras: list[Camera]) -> None:
 
 
 def make_visibility(backend: str, vertices: np.ndarray, faces: np.ndarray):
+    """The visibility backend: 'pyrender', 'raycast', or 'auto' (pyrender when offscreen GL
+    works on this machine, else raycast)."""
     if backend not in BACKENDS:
         raise InputError("backend", f"must be one of {BACKENDS} (got {backend!r}).")
-    if backend == "pyrender" or (backend == "auto" and backend_pyrender.available()):
+    if backend == "raycast":
+        return backend_raycast.RaycastVisibility(vertices, faces)
+    try:
         return backend_pyrender.PyrenderVisibility(vertices, faces)
-    return backend_raycast.RaycastVisibility(vertices, faces)
+    except InputError as exc:
+        if backend == "pyrender":
+            raise
+        log.info("pyrender unavailable (%s); rendering with the raycast backend", exc)
+        return backend_raycast.RaycastVisibility(vertices, faces)
 
 
 def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: int = 512, backend: str = "auto",

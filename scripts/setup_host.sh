@@ -22,10 +22,15 @@ if [ -f "$DEST/.stamp" ] && [ "$(cat "$DEST/.stamp")" = "$HASH" ] && [ -x "$DEST
 fi
 t() { echo "[setup_host $(date +%T)] $*"; }
 
-# Headless GL for pyrender: Mesa's EGL (llvmpipe). Only installed when missing.
-if ! ldconfig -p | grep -q 'libEGL.so.1'; then
-  t "installing Mesa EGL (apt)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 >/dev/null
+# Headless GL for pyrender: Mesa's EGL (llvmpipe), and OSMesa for the fallback's test. Only
+# installed when missing (Debian packages; needs root, as on CI).
+apt_pkgs=""
+ldconfig -p | grep -q 'libEGL.so.1' || apt_pkgs="libegl1 libegl-mesa0 libgl1-mesa-dri libgles2"
+ldconfig -p | grep -q 'libOSMesa.so' || apt_pkgs="$apt_pkgs libosmesa6"
+if [ -n "$apt_pkgs" ]; then
+  t "installing $apt_pkgs (apt)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $apt_pkgs >/dev/null; } \
+    || echo "setup_host: could not install $apt_pkgs; GL tests will report it" >&2
 fi
 
 rm -f "$DEST/.stamp"
