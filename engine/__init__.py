@@ -1,0 +1,17 @@
+"""The branched Flux engine shared by RefAny3D and Realiz3D (SPEC.md section 1).
+
+    from realiz3d.engine import Branch, FluxEngine
+    engine = FluxEngine(transformer)                 # a diffusers FluxTransformer2DModel
+    out = engine(branches, group_mask, pooled)       # {branch index: prediction [B, N, C]}
+
+Every input is a list of token branches, each with its own timestep, guidance, domain tag,
+position ids and LoRA adapter set; a boolean group mask says which branch attends to which.
+With one text and one image branch and no mask or adapter it computes exactly what
+diffusers' FluxTransformer2DModel computes.
+"""
+from .attention import dense_mask, dense_masked_attention, grouped_attention
+from .branches import Branch
+from .flux_engine import FluxEngine
+from .lora import apply_linear
+
+__all__ = ["Branch", "FluxEngine", "apply_linear", "dense_mask", "dense_masked_attention", "grouped_attention"]

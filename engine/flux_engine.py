@@ -1,0 +1,156 @@
+"""A Flux MM-DiT run as token branches (SPEC.md section 1), on a diffusers FluxTransformer2DModel.
+
+The engine reuses the transformer's modules and weights and only re-orders the computation:
+every branch gets its own modulation (AdaLN from its own timestep embedding), projections,
+norms, RoPE and MLP; attention is joint over the branches a group mask allows. Nothing of the
+transformer is modified, so one cached model serves plain and branched sampling alike.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import grouped_attention
+from .branches import Branch
+from .lora import apply_linear
+
+
+class FluxEngine:
+    """Branched forward of a diffusers ``FluxTransformer2DModel``.
+
+    domain_embedder: optional module mapping a LongTensor of domain tags [B] to [B, D]; its
+    output is added to the timestep embedding of every branch whose ``domain`` is set
+    (RefAny3D's Embedding(2, 256) -> Linear -> SiLU -> Linear).
+    attention: the function joining branches (default :func:`grouped_attention`).
+    """
+
+    def __init__(self, transformer: nn.Module, domain_embedder: Optional[nn.Module] = None, attention=None):
+        self.transformer = transformer
+        self.domain_embedder = domain_embedder
+        self.attention = attention or grouped_attention
+        self.has_guidance = bool(transformer.config.guidance_embeds)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.x_embedder.weight.dtype
+
+    def time_embedding(self, branch: Branch, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, D]: timestep (+ guidance) + pooled text, plus the domain embedding of the branch."""
+        t = self.transformer
+        ts = branch.timestep.to(self.dtype) * 1000
+        if self.has_guidance:
+            if branch.guidance is None:
+                raise ValueError(f"branch '{branch.name}': this model embeds guidance; give a guidance value")
+            emb = t.time_text_embed(ts, branch.guidance.to(self.dtype) * 1000, pooled)
+        else:
+            emb = t.time_text_embed(ts, pooled)
+        if branch.domain is not None:
+            if self.domain_embedder is None:
+                raise ValueError(f"branch '{branch.name}' has domain tag {branch.domain} but no domain embedder "
+                                 "is attached")
+            tags = torch.full((ts.shape[0],), branch.domain, dtype=torch.long, device=ts.device)
+            emb = emb + self.domain_embedder(tags).to(emb.dtype)
+        return emb
+
+    @torch.no_grad()
+    def __call__(self, branches: Sequence[Branch], group_mask: Optional[torch.Tensor], pooled: torch.Tensor,
+                 outputs: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
+        return self.forward(branches, group_mask, pooled, outputs)
+
+    def forward(self, branches: Sequence[Branch], group_mask: Optional[torch.Tensor], pooled: torch.Tensor,
+                outputs: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
+        """Run all blocks; return {branch index: output [B, N, out_channels]} for ``outputs``
+        (default: every non-text branch)."""
+        t = self.transformer
+        xs = [apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
+              for b in branches]
+        tembs = self._time_embeddings(branches, pooled)
+        ropes = [t.pos_embed(b.ids) for b in branches]
+        for block in t.transformer_blocks:
+            xs = self._double_block(block, branches, xs, tembs, ropes, group_mask)
+        for block in t.single_transformer_blocks:
+            xs = self._single_block(block, branches, xs, tembs, ropes, group_mask)
+        wanted = outputs if outputs is not None else [i for i, b in enumerate(branches) if not b.is_text]
+        result = {}
+        for i in wanted:
+            norm = t.norm_out
+            emb = apply_linear(norm.linear, F.silu(tembs[i]).to(xs[i].dtype), branches[i].adapters)
+            scale, shift = emb.chunk(2, dim=1)
+            x = norm.norm(xs[i]) * (1 + scale)[:, None, :] + shift[:, None, :]
+            result[i] = apply_linear(t.proj_out, x, branches[i].adapters)
+        return result
+
+    def _time_embeddings(self, branches, pooled):
+        """One embedding per distinct (timestep, guidance, domain): conditions share theirs."""
+        cache, out = {}, []
+        for b in branches:
+            key = (tuple(b.timestep.tolist()), None if b.guidance is None else tuple(b.guidance.tolist()), b.domain)
+            if key not in cache:
+                cache[key] = self.time_embedding(b, pooled)
+            out.append(cache[key])
+        return out
+
+    def _qkv(self, attn, x, adapters, text: bool, rope):
+        proj = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj) if text else (attn.to_q, attn.to_k, attn.to_v)
+        norms = (attn.norm_added_q, attn.norm_added_k) if text else (attn.norm_q, attn.norm_k)
+        q, k, v = (apply_linear(p, x, adapters).unflatten(-1, (-1, attn.head_dim)) for p in proj)
+        q, k = norms[0](q), norms[1](k)
+        return _rope(q, rope), _rope(k, rope), v
+
+    def _double_block(self, block, branches, xs, tembs, ropes, mask):
+        mods, qs, ks, vs = [], [], [], []
+        for b, x, temb, rope in zip(branches, xs, tembs, ropes):
+            norm = block.norm1_context if b.is_text else block.norm1
+            emb = apply_linear(norm.linear, F.silu(temb), b.adapters)
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
+            h = norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+            q, k, v = self._qkv(block.attn, h, b.adapters, b.is_text, rope)
+            qs.append(q), ks.append(k), vs.append(v)
+            mods.append((gate_msa, shift_mlp, scale_mlp, gate_mlp))
+        attended = self.attention(qs, ks, vs, mask)
+        out = []
+        for b, x, o, (gate_msa, shift_mlp, scale_mlp, gate_mlp) in zip(branches, xs, attended, mods):
+            o = o.flatten(2, 3).to(qs[0].dtype)
+            proj = block.attn.to_add_out if b.is_text else block.attn.to_out[0]
+            x = x + gate_msa.unsqueeze(1) * apply_linear(proj, o, b.adapters)
+            norm2, ff = (block.norm2_context, block.ff_context) if b.is_text else (block.norm2, block.ff)
+            h = norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            x = x + gate_mlp.unsqueeze(1) * _feed_forward(ff, h, b.adapters)
+            out.append(_clip_fp16(x))
+        return out
+
+    def _single_block(self, block, branches, xs, tembs, ropes, mask):
+        gates, mlps, qs, ks, vs = [], [], [], [], []
+        for b, x, temb, rope in zip(branches, xs, tembs, ropes):
+            emb = apply_linear(block.norm.linear, F.silu(temb), b.adapters)
+            shift, scale, gate = emb.chunk(3, dim=1)
+            h = block.norm.norm(x) * (1 + scale[:, None]) + shift[:, None]
+            mlps.append(block.act_mlp(apply_linear(block.proj_mlp, h, b.adapters)))
+            q, k, v = self._qkv(block.attn, h, b.adapters, False, rope)
+            qs.append(q), ks.append(k), vs.append(v)
+            gates.append(gate)
+        attended = self.attention(qs, ks, vs, mask)
+        out = []
+        for b, x, o, mlp, gate in zip(branches, xs, attended, mlps, gates):
+            h = torch.cat([o.flatten(2, 3).to(qs[0].dtype), mlp], dim=2)
+            out.append(_clip_fp16(x + gate.unsqueeze(1) * apply_linear(block.proj_out, h, b.adapters)))
+        return out
+
+
+def _rope(x: torch.Tensor, rope) -> torch.Tensor:
+    from diffusers.models.embeddings import apply_rotary_emb
+    return apply_rotary_emb(x, rope, sequence_dim=1)
+
+
+def _feed_forward(ff, x, adapters):
+    """diffusers FeedForward (GELU-tanh projection, dropout, linear) with per-branch LoRA."""
+    gelu = ff.net[0]
+    h = F.gelu(apply_linear(gelu.proj, x, adapters), approximate=gelu.approximate)
+    return apply_linear(ff.net[2], h, adapters)
+
+
+def _clip_fp16(x: torch.Tensor) -> torch.Tensor:
+    return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
