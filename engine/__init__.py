@@ -11,7 +11,7 @@ diffusers' FluxTransformer2DModel computes.
 """
 from .attention import dense_mask, dense_masked_attention, grouped_attention
 from .branches import Branch
-from .flux_engine import FluxEngine
+from .flux_engine import FluxEngine, KVCache
 from .lora import apply_linear
 
-__all__ = ["Branch", "FluxEngine", "apply_linear", "dense_mask", "dense_masked_attention", "grouped_attention"]
+__all__ = ["Branch", "FluxEngine", "KVCache", "apply_linear", "dense_mask", "dense_masked_attention", "grouped_attention"]

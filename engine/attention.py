@@ -26,8 +26,9 @@ def grouped_attention(q: Sequence[torch.Tensor], k: Sequence[torch.Tensor], v: S
                       mask: Optional[torch.Tensor]) -> list[torch.Tensor]:
     """Per-branch q, k, v [B, N_i, H, D] -> per-branch attention outputs [B, N_i, H, D].
 
-    mask: bool [n, n] (None: every branch sees every branch). A query row with no allowed key
-    is an error: softmax over nothing is undefined.
+    mask: bool [n, n] (None: every branch sees every branch). A branch whose q is None only
+    provides keys and values (a condition read from the KV cache); its output is None. A query
+    row with no allowed key is an error: softmax over nothing is undefined.
     """
     n = len(q)
     if mask is None:
@@ -36,6 +37,9 @@ def grouped_attention(q: Sequence[torch.Tensor], k: Sequence[torch.Tensor], v: S
         raise ValueError(f"group mask is {tuple(mask.shape)} for {n} branches")
     out: list[Optional[torch.Tensor]] = [None] * n
     for members, keys in query_groups(mask.cpu()):
+        members = [i for i in members if q[i] is not None]
+        if not members:
+            continue
         if not keys:
             raise ValueError(f"branches {members} may attend to no branch: every mask row needs a True")
         qq = _cat([q[i] for i in members])

@@ -18,6 +18,29 @@ from .branches import Branch
 from .lora import apply_linear
 
 
+class KVCache:
+    """Keys and values of branches that do not change across denoising steps (SPEC.md
+    section 1, after OminiControl2): conditions at t = 0 that attend only to themselves and
+    their pair. The first forward writes them; later forwards skip those branches entirely and
+    read their keys and values. Exact only when the cached branches' mask rows contain cached
+    branches alone; the engine checks that.
+    """
+
+    def __init__(self, branches: Sequence[int]):
+        self.branches = set(branches)
+        self.store: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.filled = False
+
+    def check(self, mask: Optional[torch.Tensor], n: int) -> None:
+        if mask is None:
+            raise ValueError("a KV cache needs a group mask in which cached branches see only cached branches")
+        for i in self.branches:
+            seen = {j for j in range(n) if mask[i, j]}
+            if not seen <= self.branches:
+                raise ValueError(f"cached branch {i} attends to branches {sorted(seen - self.branches)}, whose "
+                                 "states change every step; its keys and values cannot be cached exactly")
+
+
 class FluxEngine:
     """Branched forward of a diffusers ``FluxTransformer2DModel``.
 
@@ -57,22 +80,32 @@ class FluxEngine:
 
     @torch.no_grad()
     def __call__(self, branches: Sequence[Branch], group_mask: Optional[torch.Tensor], pooled: torch.Tensor,
-                 outputs: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
-        return self.forward(branches, group_mask, pooled, outputs)
+                 outputs: Optional[Sequence[int]] = None, kv_cache: Optional[KVCache] = None) -> dict[int, torch.Tensor]:
+        return self.forward(branches, group_mask, pooled, outputs, kv_cache)
 
     def forward(self, branches: Sequence[Branch], group_mask: Optional[torch.Tensor], pooled: torch.Tensor,
-                outputs: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
+                outputs: Optional[Sequence[int]] = None, kv_cache: Optional[KVCache] = None) -> dict[int, torch.Tensor]:
         """Run all blocks; return {branch index: output [B, N, out_channels]} for ``outputs``
-        (default: every non-text branch)."""
+        (default: every non-text branch). With a filled ``kv_cache`` the cached branches are not
+        computed (their tokens are ignored) and their stored keys and values are used."""
         t = self.transformer
-        xs = [apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
-              for b in branches]
+        if kv_cache is not None:
+            kv_cache.check(group_mask, len(branches))
+        skip = kv_cache.branches if kv_cache is not None and kv_cache.filled else set()
+        xs = [None if i in skip else
+              apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
+              for i, b in enumerate(branches)]
         tembs = self._time_embeddings(branches, pooled)
-        ropes = [t.pos_embed(b.ids) for b in branches]
+        ropes = [None if i in skip else t.pos_embed(b.ids) for i, b in enumerate(branches)]
+        layer = 0
         for block in t.transformer_blocks:
-            xs = self._double_block(block, branches, xs, tembs, ropes, group_mask)
+            xs = self._double_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
+            layer += 1
         for block in t.single_transformer_blocks:
-            xs = self._single_block(block, branches, xs, tembs, ropes, group_mask)
+            xs = self._single_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
+            layer += 1
+        if kv_cache is not None:
+            kv_cache.filled = True
         wanted = outputs if outputs is not None else [i for i, b in enumerate(branches) if not b.is_text]
         result = {}
         for i in wanted:
@@ -82,6 +115,24 @@ class FluxEngine:
             x = norm.norm(xs[i]) * (1 + scale)[:, None, :] + shift[:, None, :]
             result[i] = apply_linear(t.proj_out, x, branches[i].adapters)
         return result
+
+    @staticmethod
+    def _kv(cache: Optional[KVCache], layer: int):
+        """(branches to store, store of this layer) or None."""
+        if cache is None:
+            return None
+        return cache.branches, cache.store.setdefault(layer, {}), cache.filled
+
+    def _attend(self, qs, ks, vs, mask, kv):
+        """Attention with cached branches' keys and values written or read."""
+        if kv is not None:
+            cached, store, filled = kv
+            for i in cached:
+                if filled:
+                    ks[i], vs[i] = store[i]
+                else:
+                    store[i] = (ks[i], vs[i])
+        return self.attention(qs, ks, vs, mask)
 
     def _time_embeddings(self, branches, pooled):
         """One embedding per distinct (timestep, guidance, domain): conditions share theirs."""
@@ -100,9 +151,12 @@ class FluxEngine:
         q, k = norms[0](q), norms[1](k)
         return _rope(q, rope), _rope(k, rope), v
 
-    def _double_block(self, block, branches, xs, tembs, ropes, mask):
+    def _double_block(self, block, branches, xs, tembs, ropes, mask, kv=None):
         mods, qs, ks, vs = [], [], [], []
         for b, x, temb, rope in zip(branches, xs, tembs, ropes):
+            if x is None:                       # read from the KV cache
+                mods.append(None), qs.append(None), ks.append(None), vs.append(None)
+                continue
             norm = block.norm1_context if b.is_text else block.norm1
             emb = apply_linear(norm.linear, F.silu(temb), b.adapters)
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
@@ -110,10 +164,14 @@ class FluxEngine:
             q, k, v = self._qkv(block.attn, h, b.adapters, b.is_text, rope)
             qs.append(q), ks.append(k), vs.append(v)
             mods.append((gate_msa, shift_mlp, scale_mlp, gate_mlp))
-        attended = self.attention(qs, ks, vs, mask)
+        attended = self._attend(qs, ks, vs, mask, kv)
         out = []
-        for b, x, o, (gate_msa, shift_mlp, scale_mlp, gate_mlp) in zip(branches, xs, attended, mods):
-            o = o.flatten(2, 3).to(qs[0].dtype)
+        for b, x, o, mod in zip(branches, xs, attended, mods):
+            if x is None:
+                out.append(None)
+                continue
+            gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+            o = o.flatten(2, 3).to(x.dtype)
             proj = block.attn.to_add_out if b.is_text else block.attn.to_out[0]
             x = x + gate_msa.unsqueeze(1) * apply_linear(proj, o, b.adapters)
             norm2, ff = (block.norm2_context, block.ff_context) if b.is_text else (block.norm2, block.ff)
@@ -122,9 +180,12 @@ class FluxEngine:
             out.append(_clip_fp16(x))
         return out
 
-    def _single_block(self, block, branches, xs, tembs, ropes, mask):
+    def _single_block(self, block, branches, xs, tembs, ropes, mask, kv=None):
         gates, mlps, qs, ks, vs = [], [], [], [], []
         for b, x, temb, rope in zip(branches, xs, tembs, ropes):
+            if x is None:
+                gates.append(None), mlps.append(None), qs.append(None), ks.append(None), vs.append(None)
+                continue
             emb = apply_linear(block.norm.linear, F.silu(temb), b.adapters)
             shift, scale, gate = emb.chunk(3, dim=1)
             h = block.norm.norm(x) * (1 + scale[:, None]) + shift[:, None]
@@ -132,10 +193,13 @@ class FluxEngine:
             q, k, v = self._qkv(block.attn, h, b.adapters, False, rope)
             qs.append(q), ks.append(k), vs.append(v)
             gates.append(gate)
-        attended = self.attention(qs, ks, vs, mask)
+        attended = self._attend(qs, ks, vs, mask, kv)
         out = []
         for b, x, o, mlp, gate in zip(branches, xs, attended, mlps, gates):
-            h = torch.cat([o.flatten(2, 3).to(qs[0].dtype), mlp], dim=2)
+            if x is None:
+                out.append(None)
+                continue
+            h = torch.cat([o.flatten(2, 3).to(x.dtype), mlp], dim=2)
             out.append(_clip_fp16(x + gate.unsqueeze(1) * apply_linear(block.proj_out, h, b.adapters)))
         return out
 

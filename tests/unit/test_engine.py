@@ -108,3 +108,31 @@ def test_per_branch_lora_isolation():
     # with a mask that lets the target see the condition, the condition's LoRA reaches it only via attention
     seen = branched(tr, a, ("default",), mask=None)
     assert (seen[1] - branched(tr, a, (), mask=None)[1]).abs().max() > 0
+
+
+def test_kv_cache_reproduces_the_independent_condition_forward():
+    from realiz3d.engine import KVCache
+    tr, a = tiny_transformer(), inputs()
+    g = torch.full((2,), 3.5)
+    gen = torch.Generator().manual_seed(9)
+    conds = [torch.randn(2, 20, 16, generator=gen) for _ in range(2)]
+
+    def branches(x, t, cond_tokens):
+        return [Branch(a["txt"], a["txt_ids"], t, g, is_text=True), Branch(x, a["ids"], t, g),
+                Branch(cond_tokens[0], image_ids(4, 5, -5), torch.zeros(2), torch.ones(2)),
+                Branch(cond_tokens[1], image_ids(4, 5, -5), torch.zeros(2), torch.ones(2))]
+
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[2:, :2] = False                       # conditions see only themselves and their pair
+    engine, cache = FluxEngine(tr), KVCache([2, 3])
+    step0 = engine(branches(a["x"], a["t"], conds), mask, a["pooled"], outputs=[1], kv_cache=cache)
+    assert torch.equal(step0[1], engine(branches(a["x"], a["t"], conds), mask, a["pooled"], outputs=[1])[1])
+    x1, t1 = a["x"] * 0.5 + 0.1, a["t"] * 0.5
+    garbage = [torch.full_like(c, 1e3) for c in conds]     # cached branches' tokens are not read again
+    cached = engine(branches(x1, t1, garbage), mask, a["pooled"], outputs=[1], kv_cache=cache)
+    full = engine(branches(x1, t1, conds), mask, a["pooled"], outputs=[1])
+    assert (cached[1] - full[1]).abs().max() <= 1e-5
+    # RefAny3D's own mask lets conditions see the targets: caching there is refused, never silent
+    with pytest.raises(ValueError, match="cannot be cached exactly"):
+        engine(branches(a["x"], a["t"], conds), torch.ones(4, 4, dtype=torch.bool), a["pooled"],
+               kv_cache=KVCache([2, 3]))
