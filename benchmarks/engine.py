@@ -1,0 +1,166 @@
+"""Engine benchmark on a mid-size CPU config: RefAny3D's layout at 512 x 512 with 8 views.
+
+Measured side by side in one run (medians of several repeats after a warm-up):
+  1. group-masked attention (query groups over gathered keys) vs one dense-mask SDPA over all
+     ~19k tokens: time and peak memory (each in a fresh subprocess, peak RSS growth);
+  2. per-branch LoRA (rank 16 on RefAny3D's target layers, two adapters) vs the same forward
+     without LoRA;
+  3. a denoising step that reads the conditions from the KV cache vs a step with no
+     conditions at all.
+Writes benchmarks/results/engine.json.
+Usage: .cache/host/venv/bin/python benchmarks/engine.py [--repeats 3]
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from pack_import import import_pack  # noqa: E402
+
+import_pack()
+import torch  # noqa: E402
+
+from realiz3d.engine import Branch, FluxEngine, KVCache, dense_masked_attention, grouped_attention  # noqa: E402
+from realiz3d.refany3d.layout import adapters, domain_tags, group_mask  # noqa: E402
+
+VIEWS, SIDE, TEXT, HEADS, HEAD_DIM = 8, 32, 512, 4, 64     # 512 px -> 32 x 32 patches; hidden 256
+LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
+                "norm.linear", "proj_mlp", "proj_out"]
+
+
+def lengths():
+    return [TEXT] + [SIDE * SIDE] * (2 + 2 * VIEWS)
+
+
+def qkv(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, n, HEADS, HEAD_DIM, generator=g) for n in lengths()] for _ in range(3)]
+
+
+def attention_child(method: str, repeats: int) -> None:
+    """Runs in a subprocess: prints median seconds and peak RSS growth (MiB) of one method."""
+    q, k, v = qkv()
+    mask = group_mask(VIEWS)
+    fn = grouped_attention if method == "grouped" else dense_masked_attention
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(q, k, v, mask)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(q, k, v, mask)
+        times.append(time.perf_counter() - t0)
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(json.dumps({"median_s": statistics.median(times), "peak_rss_growth_mib": peak}))
+
+
+def measure_attention(repeats):
+    out = {}
+    for method in ("grouped", "dense"):
+        run = subprocess.run([sys.executable, __file__, "--child", method, "--repeats", str(repeats)],
+                             capture_output=True, text=True, check=True)
+        out[method] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
+
+
+def model():
+    from diffusers import FluxTransformer2DModel
+    torch.manual_seed(0)
+    tr = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+                                attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=256,
+                                pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=(16, 24, 24)).eval()
+    return tr
+
+
+def add_loras(tr):
+    from peft import LoraConfig
+    for name in ("default", "coord"):
+        tr.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS), adapter_name=name)
+    for n, p in tr.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.01)
+    tr.disable_lora()
+
+
+def branches(with_adapters: bool, conditions: bool = True):
+    g = torch.Generator().manual_seed(1)
+    n = SIDE * SIDE
+    r, c = torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij")
+    ids = torch.stack([torch.zeros(n), r.flatten().float(), c.flatten().float()], 1)
+    t, gd = torch.tensor([0.6]), torch.tensor([3.5])
+    ad = adapters(VIEWS) if with_adapters else [()] * (3 + 2 * VIEWS)
+    out = [Branch(torch.randn(1, TEXT, 256, generator=g), torch.zeros(TEXT, 3), t, gd, is_text=True),
+           Branch(torch.randn(1, n, 64, generator=g), ids, t, gd, ad[1], domain_tags(VIEWS)[1]),
+           Branch(torch.randn(1, n, 64, generator=g), ids, t, gd, ad[2], domain_tags(VIEWS)[2])]
+    if conditions:
+        shifted = ids - torch.tensor([0.0, 0.0, SIDE])
+        out += [Branch(torch.randn(1, n, 64, generator=g), shifted, torch.zeros(1), torch.ones(1), ad[3 + k], None)
+                for k in range(2 * VIEWS)]
+    return out
+
+
+def timed(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        return attention_child(args.child, args.repeats)
+    torch.set_num_threads(os.cpu_count())
+    res = {"config": {"views": VIEWS, "target_px": SIDE * 16, "hidden": HEADS * HEAD_DIM, "double_blocks": 2,
+                      "single_blocks": 4, "tokens": sum(lengths()), "threads": torch.get_num_threads()}}
+    att = measure_attention(args.repeats)
+    res["attention"] = att
+    res["attention"]["grouped_over_dense_time"] = att["grouped"]["median_s"] / att["dense"]["median_s"]
+    print(f"attention over {sum(lengths())} tokens: grouped {att['grouped']['median_s']:.3f} s "
+          f"({att['grouped']['peak_rss_growth_mib']:.0f} MiB), dense-mask SDPA {att['dense']['median_s']:.3f} s "
+          f"({att['dense']['peak_rss_growth_mib']:.0f} MiB) -> ratio {res['attention']['grouped_over_dense_time']:.2f}")
+
+    tr = model()
+    mask, pooled = group_mask(VIEWS), torch.randn(1, 64)
+    from realiz3d.refany3d import make_domain_embedder
+    embedder = make_domain_embedder(HEADS * HEAD_DIM)
+    engine_plain = FluxEngine(tr, embedder)
+    plain = timed(lambda: engine_plain(branches(False), mask, pooled, outputs=[1, 2]), args.repeats)
+    add_loras(tr)
+    engine = FluxEngine(tr, embedder)
+    lora = timed(lambda: engine(branches(True), mask, pooled, outputs=[1, 2]), args.repeats)
+    res["lora"] = {"without_s": plain, "with_s": lora, "overhead": lora / plain - 1}
+    print(f"forward without LoRA {plain:.3f} s, with per-branch LoRA {lora:.3f} s -> overhead "
+          f"{100 * (lora / plain - 1):.1f}%")
+
+    ind = group_mask(VIEWS, independent_conditions=True)
+    cache = KVCache(range(3, 3 + 2 * VIEWS))
+    t0 = time.perf_counter()
+    engine(branches(True), ind, pooled, outputs=[1, 2], kv_cache=cache)
+    first = time.perf_counter() - t0
+    later = timed(lambda: engine(branches(True), ind, pooled, outputs=[1, 2], kv_cache=cache), args.repeats)
+    bare = timed(lambda: engine(branches(True, conditions=False), None, pooled, outputs=[1, 2]), args.repeats)
+    res["kv_cache"] = {"first_step_s": first, "later_step_s": later, "no_condition_step_s": bare,
+                       "later_over_no_condition": later / bare}
+    print(f"KV cache: first step {first:.3f} s, later steps {later:.3f} s, step without conditions {bare:.3f} s "
+          f"-> ratio {later / bare:.2f}")
+    out = os.path.join(ROOT, "benchmarks", "results", "engine.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    print("written", os.path.relpath(out, ROOT))
+
+
+if __name__ == "__main__":
+    main()
