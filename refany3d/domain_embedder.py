@@ -1,0 +1,67 @@
+"""RefAny3D's domain embedder: Embedding(2, 256) -> Linear(256, D) -> SiLU -> Linear(D, D).
+
+Its output for a branch's tag (0 = RGB, 1 = point map) is added to that branch's timestep
+embedding. The last layer starts at zero, so an untrained embedder changes nothing.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..renderers.errors import InputError
+
+EMBED_DIM = 256
+KEYS = ("0.weight", "1.weight", "1.bias", "3.weight", "3.bias")
+
+
+def make_domain_embedder(hidden: int, num_domains: int = 2) -> nn.Sequential:
+    m = nn.Sequential(nn.Embedding(num_domains, EMBED_DIM), nn.Linear(EMBED_DIM, hidden), nn.SiLU(),
+                      nn.Linear(hidden, hidden))
+    nn.init.zeros_(m[3].weight)
+    nn.init.zeros_(m[3].bias)
+    return m
+
+
+def read_state_dict(path: str, input_name: str = "domain_embedder") -> dict[str, torch.Tensor]:
+    """Tensors of a domain-embedder file: .safetensors, or the published .pth read with
+    ``torch.load(weights_only=True)`` (never unpickling code)."""
+    name = os.path.basename(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        if path.endswith((".pth", ".pt")):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(sd, dict):
+                raise ValueError("the file holds no state dict")
+            return sd
+    except Exception as exc:
+        raise InputError(input_name, f"'{name}' could not be read ({exc}); expected RefAny3D's "
+                                     "domain_embedder.pth or its safetensors conversion.") from exc
+    raise InputError(input_name, f"'{name}': use a .safetensors or .pth file.")
+
+
+def load_domain_embedder(path: str, hidden: int, input_name: str = "domain_embedder") -> nn.Sequential:
+    """The embedder in ``path``, checked against the model's hidden size."""
+    sd = read_state_dict(path, input_name)
+    name = os.path.basename(path)
+    missing = [k for k in KEYS if k not in sd]
+    if missing:
+        raise InputError(input_name, f"'{name}' is not a RefAny3D domain embedder: keys {missing} missing "
+                                     f"(expected {list(KEYS)}).")
+    got = sd["3.weight"].shape[0]
+    if got != hidden or sd["1.weight"].shape[1] != EMBED_DIM:
+        raise InputError(input_name, f"'{name}' is for a model of hidden size {got}, but the loaded Flux model "
+                                     f"has hidden size {hidden}. Use the embedder trained for this model.")
+    m = make_domain_embedder(hidden, num_domains=sd["0.weight"].shape[0])
+    m.load_state_dict({k: sd[k] for k in KEYS})
+    return m.eval()
+
+
+def convert_to_safetensors(pth_path: str, out_path: str) -> None:
+    """Write the published .pth embedder as .safetensors (loaded with weights_only=True)."""
+    from safetensors.torch import save_file
+    sd = read_state_dict(pth_path)
+    save_file({k: v.contiguous() for k, v in sd.items()}, out_path, metadata={"format": "refany3d-domain-embedder"})

@@ -1,0 +1,165 @@
+"""RefAny3D sampling (SPEC.md section 2): FlowMatch Euler with Flux's dynamic shift, guidance
+embedding, and image classifier-free guidance between the conditioned pass and a pass whose
+condition images are black, for both targets (RGB image and its point map)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..engine import Branch, FluxEngine, KVCache
+from ..renderers.errors import InputError
+from . import layout
+from .weights import RefAny3DWeights
+
+
+@dataclass
+class RefAny3DSettings:
+    """steps: denoising steps; guidance: Flux guidance embedding (3.5); image_cfg: scale between
+    the conditioned and the black-condition pass (2.0; 1.0 skips that pass); width/height: target
+    size in pixels (multiples of 16); batch: images per prompt; seed: noise and condition-latent
+    seed; condition_latents: 'sample' (the reference: a draw from the VAE posterior, seeded) or
+    'mean'; text_agnostic: the point-map target does not attend to the text; kv_cache: compute
+    the conditions' keys and values once and reuse them. RefAny3D's weights were trained with
+    conditions that attend to the targets, so this switches both passes to a mask in which the
+    conditions see only themselves and their pair: an approximation of the trained model, exact
+    for that mask."""
+
+    steps: int = 28
+    guidance: float = 3.5
+    image_cfg: float = 2.0
+    width: int = 512
+    height: int = 512
+    batch: int = 1
+    seed: int = 0
+    condition_latents: str = "sample"
+    text_agnostic: bool = True
+    max_sequence_length: int = 512
+    kv_cache: bool = False
+
+
+def check_settings(s: RefAny3DSettings) -> None:
+    for name in ("width", "height"):
+        v = getattr(s, name)
+        if v < 16 or v % 16:
+            raise InputError(name, f"must be a positive multiple of 16 (got {v}); Flux packs 2x2 latent "
+                                   "patches of an 8x downsampled image.")
+    if s.steps < 1:
+        raise InputError("steps", f"must be at least 1 (got {s.steps}).")
+    if s.batch < 1:
+        raise InputError("batch", f"must be at least 1 (got {s.batch}).")
+    if s.condition_latents not in ("sample", "mean"):
+        raise InputError("condition_latents", "must be 'sample' or 'mean'.")
+
+
+def encode_images(pipe, images: torch.Tensor, generator: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """images [V, H, W, 3] in [0, 1] -> packed latent tokens [V, N, 64] and ids [N, 3]."""
+    x = images.permute(0, 3, 1, 2).to(pipe.vae.device, pipe.vae.dtype) * 2.0 - 1.0
+    dist = pipe.vae.encode(x).latent_dist
+    lat = dist.sample(generator) if mode == "sample" else dist.mean
+    lat = (lat - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    v, c, h, w = lat.shape
+    tokens = pipe._pack_latents(lat, v, c, h, w)
+    ids = pipe._prepare_latent_image_ids(v, h // 2, w // 2, lat.device, lat.dtype)
+    return tokens, ids
+
+
+def decode_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Packed latents [B, N, 64] -> images [B, H, W, 3] in [0, 1]."""
+    lat = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    lat = lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    img = pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
+    return (img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
+
+
+@torch.no_grad()
+def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor, point_views: torch.Tensor,
+           settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None):
+    """Generate images and point maps referenced by rendered views of a mesh.
+
+    pipe: a diffusers FluxPipeline (its transformer, VAE, text encoders, tokenizers, scheduler);
+    rgb_views, point_views: [V, S, S, 3] in [0, 1] (unlit RGB and per-axis point maps).
+    Returns (rgb [B, H, W, 3], point_map [B, H, W, 3]), float in [0, 1].
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    check_settings(settings)
+    if rgb_views.shape != point_views.shape or rgb_views.ndim != 4 or rgb_views.shape[-1] != 3:
+        raise InputError("views", f"RGB views {tuple(rgb_views.shape)} and point-map views "
+                                  f"{tuple(point_views.shape)} must both be [V, H, W, 3] and equal in size.")
+    n_views, cond_h, cond_w = rgb_views.shape[0], rgb_views.shape[1], rgb_views.shape[2]
+    if cond_h % 16 or cond_w % 16:
+        raise InputError("views", f"condition views are {cond_w}x{cond_h}; their size must be a multiple of 16.")
+    s, device, B = settings, pipe.transformer.device, settings.batch
+    dtype = pipe.transformer.x_embedder.weight.dtype
+    gen = torch.Generator(device="cpu").manual_seed(s.seed)
+
+    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
+                                                         num_images_per_prompt=B,
+                                                         max_sequence_length=s.max_sequence_length)
+    channels = pipe.transformer.config.in_channels // 4
+    latents, ids = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)
+    point_latents, _ = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)   # own noise
+
+    offset = -cond_w / 16.0          # one condition width to the left, in latent-patch units
+    views = torch.cat([rgb_views, point_views]).float()
+    cond_tokens, cond_ids = encode_images(pipe, views, gen, s.condition_latents)
+    cond_ids = cond_ids.clone()
+    cond_ids[:, 2] += offset
+    black_tokens = None
+    if s.image_cfg != 1.0:
+        black_tokens, _ = encode_images(pipe, torch.zeros_like(views), gen, s.condition_latents)
+
+    tags, adapters = layout.domain_tags(n_views), layout.adapters(n_views)
+    adapters = [weights.resolve(a) for a in adapters]
+    mask = layout.group_mask(n_views, text_agnostic=s.text_agnostic, independent_conditions=s.kv_cache)
+    unc_mask = mask if s.kv_cache else None          # the reference's black-condition pass has no mask
+    conditions = list(range(3, 3 + 2 * n_views))
+    caches = (KVCache(conditions), KVCache(conditions)) if s.kv_cache else (None, None)
+    engine = FluxEngine(pipe.transformer, weights.domain_embedder)
+    guidance = torch.full((B,), s.guidance, device=device) if engine.has_guidance else None
+    cond_guidance = torch.ones(B, device=device) if engine.has_guidance else None
+
+    def branches(t: torch.Tensor, conditions: torch.Tensor) -> list[Branch]:
+        out = [Branch(prompt_embeds, text_ids, t, guidance, is_text=True, name="text"),
+               Branch(latents, ids, t, guidance, adapters[1], tags[1], name="target_rgb"),
+               Branch(point_latents, ids, t, guidance, adapters[2], tags[2], name="target_points")]
+        zero = torch.zeros(B, device=device)
+        for k in range(2 * n_views):
+            out.append(Branch(conditions[k:k + 1].expand(B, -1, -1), cond_ids, zero, cond_guidance,
+                              adapters[3 + k], tags[3 + k], name=f"view{k}"))
+        return out
+
+    schedulers = [FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config) for _ in range(2)]
+    sigmas = np.linspace(1.0, 1 / s.steps, s.steps)
+    cfg = pipe.scheduler.config
+    mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    for sch in schedulers:
+        timesteps, _ = retrieve_timesteps(sch, s.steps, device, None, sigmas, mu=mu)
+    for i, t in enumerate(timesteps):
+        t_b = t.expand(B).to(dtype) / 1000
+        out = engine(branches(t_b, cond_tokens), mask, pooled, outputs=[1, 2], kv_cache=caches[0])
+        v_rgb, v_pts = out[1], out[2]
+        if black_tokens is not None:
+            unc = engine(branches(t_b, black_tokens), unc_mask, pooled, outputs=[1, 2], kv_cache=caches[1])
+            v_rgb = unc[1] + s.image_cfg * (v_rgb - unc[1])
+            v_pts = unc[2] + s.image_cfg * (v_pts - unc[2])
+        latents = schedulers[0].step(v_rgb, t, latents, return_dict=False)[0]
+        point_latents = schedulers[1].step(v_pts, t, point_latents, return_dict=False)[0]
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+    return decode_latents(pipe, latents, s.height, s.width), decode_latents(pipe, point_latents, s.height, s.width)
+
+
+def decode_point_map(point_map: np.ndarray, asset_bounds: np.ndarray, background_threshold: float = 0.95):
+    """Generated point-map image [H, W, 3] in [0, 1] -> (xyz [P, 3] in the asset frame, foreground
+    mask [H, W]). Background is white in RefAny3D's point maps: pixels whose every channel exceeds
+    ``background_threshold`` are dropped."""
+    lo, hi = np.asarray(asset_bounds[0], np.float64), np.asarray(asset_bounds[1], np.float64)
+    fg = ~np.all(point_map > background_threshold, axis=-1)
+    xyz = lo + point_map[fg].astype(np.float64) * (hi - lo)
+    return xyz.astype(np.float32), fg
