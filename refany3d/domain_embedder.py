@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import nn
 
+from ..loading.weights_io import read_state_dict
 from ..renderers.errors import InputError
 
 EMBED_DIM = 256
@@ -24,27 +24,9 @@ def make_domain_embedder(hidden: int, num_domains: int = 2) -> nn.Sequential:
     return m
 
 
-def read_state_dict(path: str, input_name: str = "domain_embedder") -> dict[str, torch.Tensor]:
-    """Tensors of a domain-embedder file: .safetensors, or the published .pth read with
-    ``torch.load(weights_only=True)`` (never unpickling code)."""
-    name = os.path.basename(path)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path)
-        if path.endswith((".pth", ".pt")):
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(sd, dict):
-                raise ValueError("the file holds no state dict")
-            return sd
-    except Exception as exc:
-        raise InputError(input_name, f"'{name}' could not be read ({exc}); expected RefAny3D's "
-                                     "domain_embedder.pth or its safetensors conversion.") from exc
-    raise InputError(input_name, f"'{name}': use a .safetensors or .pth file.")
-
-
 def load_domain_embedder(path: str, hidden: int, input_name: str = "domain_embedder") -> nn.Sequential:
-    """The embedder in ``path``, checked against the model's hidden size."""
+    """The embedder in ``path`` (.safetensors, or the published .pth read with
+    ``torch.load(weights_only=True)``), checked against the model's hidden size."""
     sd = read_state_dict(path, input_name)
     name = os.path.basename(path)
     missing = [k for k in KEYS if k not in sd]
@@ -63,5 +45,5 @@ def load_domain_embedder(path: str, hidden: int, input_name: str = "domain_embed
 def convert_to_safetensors(pth_path: str, out_path: str) -> None:
     """Write the published .pth embedder as .safetensors (loaded with weights_only=True)."""
     from safetensors.torch import save_file
-    sd = read_state_dict(pth_path)
+    sd = read_state_dict(pth_path, "domain_embedder")
     save_file({k: v.contiguous() for k, v in sd.items()}, out_path, metadata={"format": "refany3d-domain-embedder"})
