@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -51,11 +52,16 @@ def _identity(key: CacheKey):
 
 
 class ComponentCache:
-    """Loaded objects by :data:`CacheKey`; ``load_count`` counts actual loads per kind."""
+    """Loaded objects by :data:`CacheKey`; ``load_count`` counts actual loads per kind.
 
-    def __init__(self):
+    weak=True holds the objects weakly: an entry lives exactly as long as some user (for
+    ComfyUI, its cache of node outputs) holds the object, so the host freeing its caches frees
+    the model too, while every user meanwhile shares one copy.
+    """
+
+    def __init__(self, weak: bool = False):
         self._lock = threading.Lock()
-        self._entries: Dict[CacheKey, Any] = {}
+        self._entries: Dict[CacheKey, Any] = weakref.WeakValueDictionary() if weak else {}
         self._key_locks: Dict[CacheKey, threading.Lock] = {}
         self.load_count: Dict[str, int] = {}
 
@@ -65,13 +71,15 @@ class ComponentCache:
         raises stores nothing (the next call tries again)."""
         key = make_key(kind, list(paths), dtype, device, extra)
         with self._lock:
-            if key in self._entries:
-                return self._entries[key]
+            obj = self._entries.get(key)
+            if obj is not None:
+                return obj
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
-                if key in self._entries:       # another thread loaded it while we waited
-                    return self._entries[key]
+                obj = self._entries.get(key)   # another thread loaded it while we waited
+                if obj is not None:
+                    return obj
                 stale = [k for k in self._entries if _identity(k) == _identity(key)]
                 for k in stale:
                     del self._entries[k]

@@ -12,6 +12,9 @@ CATEGORY = "Realiz3D"
 MeshType = io.Custom("REALIZ3D_MESH")          # renderers.Mesh
 CamerasType = io.Custom("REALIZ3D_CAMERAS")    # list[renderers.Camera]
 RenderType = io.Custom("REALIZ3D_RENDER")      # renderers.RenderBundle
+FluxType = io.Custom("REALIZ3D_FLUX")          # nodes.flux_nodes.FluxModel
+RefAny3DType = io.Custom("REALIZ3D_REFANY3D")  # nodes.refany3d_nodes.RefAny3DModel
+PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")  # dict(xyz [P, 3], rgb uint8 [P, 3])
 
 
 def check_cancel() -> None:

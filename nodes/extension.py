@@ -14,6 +14,8 @@ NODE_MODULES = {
     "mesh_nodes": ["LoadMesh"],
     "camera_nodes": ["CameraRig"],
     "render_nodes": ["RenderViews", "SavePointCloud"],
+    "flux_nodes": ["LoadFluxModel"],
+    "refany3d_nodes": ["LoadRefAny3D", "RefAny3DSample"],
 }
 
 

@@ -45,7 +45,7 @@ class LoadMesh(io.ComfyNode):
             result = mesh_from_arrays(mesh.vertices[0].cpu().numpy(), mesh.faces[0].cpu().numpy(),
                                       input_name="mesh")
         else:
-            path = resolve_inside(folder_paths.get_input_directory(), mesh_file, "mesh_file")
+            path = _mesh_path(mesh_file)
             result = load_mesh(path, "mesh_file")
         if normalize:
             result = normalize_mesh(result)
@@ -58,9 +58,13 @@ class LoadMesh(io.ComfyNode):
         # re-run when the file changes on disk, not only when its name does
         if mesh is None:
             try:
-                path = resolve_inside(folder_paths.get_input_directory(), mesh_file, "mesh_file")
+                path = _mesh_path(mesh_file)
                 return os.path.getmtime(path)
             except Exception:
                 return float("nan")
         return None
 
+
+
+def _mesh_path(mesh_file: str) -> str:
+    return BUNDLED_FILES.get(mesh_file) or resolve_inside(folder_paths.get_input_directory(), mesh_file, "mesh_file")

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..renderers import BACKENDS, MAX_RESOLUTION, bundle_points, depth_image, normal_image, render_views, write_ply
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, CamerasType, MeshType, RenderType, progress
+from .common import CATEGORY, PREFIX, CamerasType, MeshType, PointCloudType, RenderType, progress
 
 
 def _t(array) -> torch.Tensor:
@@ -76,15 +76,19 @@ class SavePointCloud(io.ComfyNode):
             node_id=f"{PREFIX}SavePointCloud",
             display_name="Save Point Cloud (Realiz3D)",
             category=f"{CATEGORY}/render",
-            description="Writes the foreground points of a render bundle, in the mesh's own frame, as a "
-                        "binary PLY with colours and normals into ComfyUI's output folder.",
+            description="Writes the foreground points of a render bundle (in the mesh's own frame, with "
+                        "normals) or a generated point cloud as a binary PLY with colours into ComfyUI's output "
+                        "folder.",
             inputs=[
-                RenderType.Input("render", tooltip="Render bundle from Render Views."),
+                RenderType.Input("render", optional=True, tooltip="Render bundle from Render Views."),
+                PointCloudType.Input("point_cloud", optional=True,
+                                     tooltip="A point cloud from RefAny3D Sample (instead of a render)."),
                 io.String.Input("filename_prefix", default="realiz3d/pointcloud",
                                 tooltip="Output name under ComfyUI's output folder; subfolders allowed, "
                                         "leaving the output folder is not."),
                 io.Int.Input("stride", default=2, min=1, max=64,
-                             tooltip="Keep every stride-th pixel in each direction (1 = all pixels)."),
+                             tooltip="Keep every stride-th pixel in each direction of a render, or every "
+                                     "stride-th point of a point cloud (1 = all)."),
                 io.Combo.Input("color", options=["albedo", "lit"], default="albedo",
                                tooltip="Point colours: unlit albedo, or lit RGB when the render has it."),
             ],
@@ -93,11 +97,17 @@ class SavePointCloud(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, render, filename_prefix, stride, color) -> io.NodeOutput:
-        xyz, rgb, normals = bundle_points(render, color, stride)
+    def execute(cls, filename_prefix, stride, color, render=None, point_cloud=None) -> io.NodeOutput:
+        if render is not None:
+            xyz, rgb, normals = bundle_points(render, color, stride)
+        elif point_cloud is not None:
+            xyz, rgb, normals = point_cloud["xyz"][::stride], point_cloud["rgb"][::stride], None
+        else:
+            raise InputError("render", "connect a render (Render Views) or a point_cloud (RefAny3D Sample).")
         if not len(xyz):
-            raise InputError("render", "has no foreground pixel in any view (the object is out of frame); "
-                                       "nothing to save. Check the cameras.")
+            raise InputError("render" if render is not None else "point_cloud",
+                             "has no foreground point (the object is out of frame, or the generated point map "
+                             "is all background); nothing to save.")
         out_dir = folder_paths.get_output_directory()
         try:
             folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)

@@ -53,6 +53,7 @@ class ComfyServer:
         self.log_path = os.path.join(self.base, "server.log")
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("HF_HUB_OFFLINE", "1")     # nothing may reach for a hub: weights are local only
         self.proc = subprocess.Popen(
             [comfy_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--disable-auto-launch", "--disable-api-nodes", "--base-directory", self.base,

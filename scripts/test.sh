@@ -4,5 +4,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -k conventions`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1   # weights and configs are local only; never ask a hub
 bash scripts/setup_host.sh
 exec .cache/host/venv/bin/python -m pytest "$@"

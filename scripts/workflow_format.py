@@ -11,16 +11,20 @@ from __future__ import annotations
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
-def _inputs(info: dict) -> list[tuple[str, str, bool]]:
-    """(name, type, is_widget) of a node's inputs in schema order (required, then optional)."""
+def _inputs(info: dict) -> list[tuple[str, str, bool, bool]]:
+    """(name, type, is_widget, has_control) of a node's inputs in schema order (required, then
+    optional). has_control: the front end adds a 'control after generate' widget right after it,
+    whose value ('fixed', 'randomize', ...) sits in widgets_values too."""
     out = []
     order = info.get("input_order", {})
     for group in ("required", "optional"):
         spec = info["input"].get(group, {})
         for name in order.get(group, list(spec)):
             kind = spec[name][0]
+            opts = spec[name][1] if len(spec[name]) > 1 else {}
             is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
-            out.append((name, "COMBO" if isinstance(kind, list) else kind, is_widget))
+            out.append((name, "COMBO" if isinstance(kind, list) else kind, is_widget,
+                        bool(opts.get("control_after_generate"))))
     return out
 
 
@@ -43,11 +47,13 @@ def api_to_ui(api: dict, object_info: dict, column_width: int = 380) -> dict:
         ui = {"id": ids[nid], "type": node["class_type"], "pos": [40 + col * column_width, 40 + row * 320],
               "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": []}
-        for name, kind, is_widget in _inputs(info):
+        for name, kind, is_widget, has_control in _inputs(info):
             value = node["inputs"].get(name)
             if is_widget and not isinstance(value, list):
                 if name in node["inputs"]:
                     ui["widgets_values"].append(value)
+                    if has_control:
+                        ui["widgets_values"].append("fixed")   # a shared workflow reproduces its seed
                 continue
             entry = {"name": name, "type": kind, "link": None}
             if isinstance(value, list):
@@ -75,10 +81,12 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         values = list(node.get("widgets_values", []))
         linked = {i["name"]: link_src[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         inputs = {}
-        for name, _, is_widget in _inputs(info):
+        for name, _, is_widget, has_control in _inputs(info):
             if name in linked:
                 inputs[name] = list(linked[name])
             elif is_widget and values:
                 inputs[name] = values.pop(0)
+                if has_control and values:
+                    values.pop(0)
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api

@@ -14,7 +14,8 @@ from workflow_format import ui_to_api
 from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE
 from realiz3d.renderers import depth_image, load_mesh, normal_image, normalize, refany3d_rig, render_views
 
-NODES = {"Realiz3DLoadMesh", "Realiz3DCameraRig", "Realiz3DRenderViews", "Realiz3DSavePointCloud"}
+NODES = {"Realiz3DLoadMesh", "Realiz3DCameraRig", "Realiz3DRenderViews", "Realiz3DSavePointCloud",
+         "Realiz3DLoadFluxModel", "Realiz3DLoadRefAny3D", "Realiz3DRefAny3DSample"}
 
 
 def test_nodes_registered_with_tooltips(server):
@@ -29,16 +30,17 @@ def test_nodes_registered_with_tooltips(server):
 
 
 def test_templates_and_web_extension(server):
-    assert server.get("/workflow_templates")["ComfyUI-Realiz3D"] == ["render_sample_mesh"]
+    assert sorted(server.get("/workflow_templates")["ComfyUI-Realiz3D"]) == ["refany3d_from_mesh", "render_sample_mesh"]
     assert "/extensions/ComfyUI-Realiz3D/realiz3d.js" in server.get("/extensions")
     with urllib.request.urlopen(server.url + "/api/workflow_templates/ComfyUI-Realiz3D/render_sample_mesh.json") as r:
         assert json.loads(r.read())["nodes"]
 
 
-def test_ui_workflow_is_the_api_workflow(server):
-    with open(os.path.join(ROOT, "example_workflows", "render_sample_mesh.json")) as f:
+@pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh"])
+def test_ui_workflow_is_the_api_workflow(server, name):
+    with open(os.path.join(ROOT, "example_workflows", f"{name}.json")) as f:
         ui = json.load(f)
-    assert ui_to_api(ui, server.get("/object_info")) == load_workflow("api/render_sample_mesh.json")
+    assert ui_to_api(ui, server.get("/object_info")) == load_workflow(f"api/{name}.json")
 
 
 def png(path):

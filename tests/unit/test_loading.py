@@ -308,3 +308,22 @@ def test_comfyui_tokenizer_folders_load():
     assert tok.model_max_length == 77
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert tok2("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]
+
+
+def test_weak_cache_shares_while_held_and_forgets_after(tmp_path):
+    import gc
+
+    from realiz3d.loading import ComponentCache
+
+    class Model:
+        pass
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x")
+    cache = ComponentCache(weak=True)
+    a = cache.get_or_load("m", [str(path)], "fp32", "cpu", Model)
+    assert cache.get_or_load("m", [str(path)], "fp32", "cpu", Model) is a and cache.load_count["m"] == 1
+    del a
+    gc.collect()
+    cache.get_or_load("m", [str(path)], "fp32", "cpu", Model)
+    assert cache.load_count["m"] == 2          # nobody held it: loaded again

@@ -46,8 +46,10 @@ def test_resolve_rejects_escapes(folders, name, phrase):
 
 def test_resolve_accepts_inside_and_bundled(folders):
     assert resolve_inside(folders, "3d/a.glb", "mesh_file") == os.path.join(os.path.realpath(folders), "3d", "a.glb")
-    assert os.path.isfile(resolve_inside(folders, BUNDLED_SAMPLE, "mesh_file"))
+    assert os.path.isfile(BUNDLED_FILES[BUNDLED_SAMPLE])
     assert BUNDLED_FILES[BUNDLED_SAMPLE].endswith("assets/sample_mesh.glb")
+    # the bundled name is the Load Mesh node's alone: as a path it stays inside the folder
+    assert resolve_inside(folders, BUNDLED_SAMPLE, "mesh_file").startswith(os.path.realpath(folders))
 
 
 def test_ply_round_trip_and_atomic(tmp_path):

@@ -5,17 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline
-from peft import LoraConfig, get_peft_model_state_dict
-
 from realiz3d.loading import tiny_components
 from realiz3d.renderers import InputError, load_mesh, normalize
-from realiz3d.refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, make_domain_embedder, sample
+from realiz3d.refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, sample
 from realiz3d.refany3d.conditions import render_conditions
+from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-           "norm.linear", "proj_mlp", "proj_out"]
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +20,8 @@ def setup(tmp_path_factory):
     comps = tiny_components(seed=0, tokenizer_dir=os.path.join(folder, "tok"))
     pipe = comps.pipeline()
     tr = pipe.transformer
-    # "published" files for this tiny model, written the way the reference's trainer writes them
-    donor = tiny_components(seed=0, tokenizer_dir=os.path.join(folder, "tok2")).transformer
-    for i, name in enumerate(("default", "coord")):
-        donor.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS), adapter_name=name)
-        g = torch.Generator().manual_seed(10 + i)
-        for n, p in donor.named_parameters():
-            if f".{name}." in n and "lora_B" in n:
-                p.data = torch.randn(p.shape, generator=g) * 0.02
-        FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(donor, adapter_name=name),
-                                       weight_name=f"{name}.safetensors")
-    emb = make_domain_embedder(tr.config.num_attention_heads * tr.config.attention_head_dim)
-    torch.nn.init.normal_(emb[3].weight, std=0.05)
-    torch.save(emb.state_dict(), os.path.join(folder, "domain_embedder.pth"))
-    weights = attach_refany3d(tr, *(os.path.join(folder, f) for f in
-                                    ("default.safetensors", "coord.safetensors", "domain_embedder.pth")))
+    paths = write_tiny_refany3d(folder, tr, seed=10)     # the published formats, for this tiny model
+    weights = attach_refany3d(tr, *paths)
     mesh = normalize(load_mesh(os.path.join(ROOT, "assets", "sample_mesh.glb")))
     rgb, pts, bounds = render_conditions(mesh, n_views=2, size=32)
     return pipe, weights, rgb, pts, bounds

@@ -1,0 +1,126 @@
+"""Load Flux Model: a diffusers folder or ComfyUI-style single files, shared and cached."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import comfy
+import comfy.model_management
+import folder_paths
+from comfy_api.latest import io
+
+from ..loading import ComponentCache, load_pipeline_folder, load_single_files
+from ..renderers.errors import InputError
+from .common import CATEGORY, PREFIX, FluxType
+from .paths import list_model_folders, model_path, register_model_folder
+
+log = logging.getLogger(__name__)
+SOURCES = ("diffusers folder", "single files")
+BUILTIN_TOKENIZER = "(ComfyUI built-in)"
+#: Loaded models held weakly: ComfyUI's cache of node outputs owns them, so a repeated prompt
+#: or a second loader of the same files reuses one copy, and freeing ComfyUI's caches frees it.
+MODELS = ComponentCache(weak=True)
+
+
+@dataclass(eq=False)
+class FluxModel:
+    """What travels on a REALIZ3D_FLUX socket: the loaded components and a diffusers pipeline."""
+    components: object
+    pipeline: object
+    label: str
+
+
+def _builtin_tokenizer(kind: str) -> str:
+    root = os.path.dirname(os.path.abspath(comfy.__file__))
+    return os.path.join(root, "sd1_tokenizer") if kind == "clip" else os.path.join(root, "text_encoders",
+                                                                                   "t5_tokenizer")
+
+
+def _device(choice: str):
+    return comfy.model_management.get_torch_device() if choice == "auto" else choice
+
+
+def _dtype(choice: str, device) -> str:
+    if choice != "auto":
+        return choice
+    return "fp32" if str(device) == "cpu" else "bf16"
+
+
+class LoadFluxModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        register_model_folder("tokenizers")
+        diffusers = list_model_folders("diffusers")
+        models, vaes = folder_paths.get_filename_list("diffusion_models"), folder_paths.get_filename_list("vae")
+        encoders = folder_paths.get_filename_list("text_encoders")
+        tokenizers = [BUILTIN_TOKENIZER] + list_model_folders("tokenizers", marker=None)
+
+        def combo(name, options, tooltip):
+            return io.Combo.Input(name, options=options or [""], default=(options or [""])[0], tooltip=tooltip)
+
+        return io.Schema(
+            node_id=f"{PREFIX}LoadFluxModel",
+            display_name="Load Flux Model (Realiz3D)",
+            category=f"{CATEGORY}/model",
+            description="Loads a Flux-family model (FLUX.1-dev, schnell, or a tiny test model) for the "
+                        "pack's samplers. The same files load once and are shared by every node and prompt.",
+            inputs=[
+                io.Combo.Input("source", options=list(SOURCES), default=SOURCES[0],
+                               tooltip="diffusers folder: a folder with model_index.json in models/diffusers. "
+                                       "single files: transformer, VAE, CLIP-L and T5 files as ComfyUI keeps them."),
+                combo("diffusers_model", diffusers, "Folder in models/diffusers (source: diffusers folder)."),
+                combo("transformer", models, "Flux transformer in models/diffusion_models, original Black Forest "
+                                             "Labs keys (source: single files)."),
+                combo("vae", vaes, "Flux VAE (16 channels) in models/vae (source: single files)."),
+                combo("clip", encoders, "CLIP-L text encoder in models/text_encoders (source: single files)."),
+                combo("t5", encoders, "T5-XXL text encoder in models/text_encoders (source: single files)."),
+                io.Combo.Input("clip_tokenizer", options=tokenizers, default=BUILTIN_TOKENIZER,
+                               tooltip="CLIP tokenizer: ComfyUI's own, or a folder in models/tokenizers."),
+                io.Combo.Input("t5_tokenizer", options=tokenizers, default=BUILTIN_TOKENIZER,
+                               tooltip="T5 tokenizer: ComfyUI's own, or a folder in models/tokenizers."),
+                io.Combo.Input("dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                               tooltip="Compute precision. auto: bf16 on a GPU, fp32 on the CPU. fp8-stored "
+                                       "weights are upcast to it when loaded."),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto",
+                               tooltip="Where the model runs. auto: ComfyUI's device."),
+            ],
+            outputs=[FluxType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, source, diffusers_model, transformer, vae, clip, t5, clip_tokenizer, t5_tokenizer, dtype,
+                device) -> io.NodeOutput:
+        dev = _device(device)
+        dt = _dtype(dtype, dev)
+        if source == "diffusers folder":
+            folder = model_path("diffusers", diffusers_model, "diffusers_model")
+            paths, label = [folder], diffusers_model
+
+            def load():
+                log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
+                return _model(load_pipeline_folder(folder, dt, dev, "diffusers_model"), label)
+        else:
+            files = [model_path("diffusion_models", transformer, "transformer"), model_path("vae", vae, "vae"),
+                     model_path("text_encoders", clip, "clip"), model_path("text_encoders", t5, "t5")]
+            toks = [_builtin_tokenizer("clip") if clip_tokenizer == BUILTIN_TOKENIZER
+                    else model_path("tokenizers", clip_tokenizer, "clip_tokenizer"),
+                    _builtin_tokenizer("t5") if t5_tokenizer == BUILTIN_TOKENIZER
+                    else model_path("tokenizers", t5_tokenizer, "t5_tokenizer")]
+            paths, label = files + toks, transformer
+
+            def load():
+                log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
+                return _model(load_single_files(*files, clip_tokenizer=toks[0], t5_tokenizer=toks[1], dtype=dt,
+                                                device=dev), label)
+        return io.NodeOutput(MODELS.get_or_load("flux", paths, dt, dev, load))
+
+
+def _model(components, label) -> FluxModel:
+    return FluxModel(components=components, pipeline=components.pipeline(), label=label)
+
+
+def require_model(model, input_name: str = "model") -> FluxModel:
+    if not isinstance(model, FluxModel):
+        raise InputError(input_name, "expects the output of Load Flux Model (Realiz3D).")
+    return model

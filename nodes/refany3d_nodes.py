@@ -1,0 +1,134 @@
+"""Load RefAny3D and RefAny3D Sample."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import folder_paths
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, sample
+from ..refany3d.conditions import render_conditions
+from ..renderers.errors import InputError
+from .common import CATEGORY, PREFIX, FluxType, MeshType, PointCloudType, RefAny3DType, check_cancel, progress
+from .flux_nodes import FluxModel, require_model
+from .paths import model_path, register_model_folder
+
+FOLDER = "refany3d"
+
+
+@dataclass(eq=False)
+class RefAny3DModel:
+    flux: FluxModel
+    weights: object
+
+
+def _pick(files, preferred):
+    return preferred if preferred in files else (files[0] if files else "")
+
+
+class LoadRefAny3D(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        register_model_folder(FOLDER)
+        files = folder_paths.get_filename_list(FOLDER)
+        options = files or [""]
+        return io.Schema(
+            node_id=f"{PREFIX}LoadRefAny3D",
+            display_name="Load RefAny3D (Realiz3D)",
+            category=f"{CATEGORY}/RefAny3D",
+            description="Attaches RefAny3D's published weights to a loaded Flux model. The base model stays "
+                        "unchanged for every other node: the LoRAs apply only to RefAny3D's branches.",
+            inputs=[
+                FluxType.Input("model", tooltip="A FLUX.1-dev model from Load Flux Model."),
+                io.Combo.Input("reference_lora", options=options, default=_pick(files, "default.safetensors"),
+                               tooltip="Reference-LoRA (default.safetensors) in models/refany3d."),
+                io.Combo.Input("domain_lora", options=options, default=_pick(files, "coord.safetensors"),
+                               tooltip="Domain-LoRA (coord.safetensors) in models/refany3d."),
+                io.Combo.Input("domain_embedder", options=options, default=_pick(files, "domain_embedder.pth"),
+                               tooltip="domain_embedder.pth (read with weights_only) or its .safetensors "
+                                       "conversion, in models/refany3d."),
+            ],
+            outputs=[RefAny3DType.Output(display_name="refany3d")],
+        )
+
+    @classmethod
+    def execute(cls, model, reference_lora, domain_lora, domain_embedder) -> io.NodeOutput:
+        flux = require_model(model)
+        paths = [model_path(FOLDER, n, k) for n, k in ((reference_lora, "reference_lora"),
+                                                       (domain_lora, "domain_lora"),
+                                                       (domain_embedder, "domain_embedder"))]
+        return io.NodeOutput(RefAny3DModel(flux, attach_refany3d(flux.pipeline.transformer, *paths)))
+
+
+class RefAny3DSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}RefAny3DSample",
+            display_name="RefAny3D Sample (Realiz3D)",
+            category=f"{CATEGORY}/RefAny3D",
+            description="Generates an image of the 3D asset and its point map from a prompt. Conditions are "
+                        "rendered from the mesh with RefAny3D's cameras, or given as pre-rendered views.",
+            inputs=[
+                RefAny3DType.Input("refany3d", tooltip="From Load RefAny3D."),
+                io.String.Input("prompt", multiline=True, default="a photo of the object on a wooden table",
+                                tooltip="What the image shows; the asset appears as referenced by the mesh."),
+                MeshType.Input("mesh", optional=True,
+                               tooltip="Reference mesh (normalised by Load Mesh). Give this or both view inputs."),
+                io.Image.Input("rgb_views", optional=True,
+                               tooltip="Pre-rendered unlit RGB views [V, S, S, 3] on white (instead of mesh)."),
+                io.Image.Input("point_views", optional=True,
+                               tooltip="Pre-rendered per-axis point maps matching rgb_views (instead of mesh)."),
+                io.Int.Input("views", default=8, min=1, max=60,
+                             tooltip="Number of condition views rendered from the mesh (the weights use 8)."),
+                io.Int.Input("condition_size", default=512, min=16, max=2048, step=16,
+                             tooltip="Size of the rendered condition views in pixels (the weights use 512)."),
+                io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Output width (multiple of 16)."),
+                io.Int.Input("height", default=512, min=16, max=4096, step=16, tooltip="Output height (multiple of 16)."),
+                io.Int.Input("steps", default=28, min=1, max=200, tooltip="FlowMatch Euler steps."),
+                io.Float.Input("guidance", default=3.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="Flux guidance embedding."),
+                io.Float.Input("image_cfg", default=2.0, min=1.0, max=10.0, step=0.1,
+                               tooltip="Image guidance between the conditioned pass and a pass with black "
+                                       "conditions (1 = off, half the cost)."),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 32 - 1, control_after_generate=True,
+                             tooltip="Seed of the noise and of the condition latents."),
+                io.Int.Input("batch", default=1, min=1, max=16, tooltip="Images per prompt."),
+                io.Combo.Input("condition_latents", options=["sample", "mean"], default="sample",
+                               tooltip="sample: a seeded draw from the VAE posterior, as the reference does. "
+                                       "mean: the posterior mean (deterministic without a seed)."),
+                io.Boolean.Input("kv_cache", default=False,
+                                 tooltip="Compute the conditions' keys and values once (faster later steps). "
+                                         "An APPROXIMATION for these weights: the conditions then stop attending "
+                                         "to the targets, unlike in training."),
+                io.Float.Input("background_threshold", default=0.95, min=0.5, max=1.0, step=0.01,
+                               tooltip="Point-map pixels brighter than this in every channel are background "
+                                       "(white) and left out of the point cloud."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="point_map"),
+                     PointCloudType.Output(display_name="point_cloud")],
+        )
+
+    @classmethod
+    def execute(cls, refany3d, prompt, views, condition_size, width, height, steps, guidance, image_cfg, seed,
+                batch, condition_latents, kv_cache, background_threshold, mesh=None, rgb_views=None,
+                point_views=None) -> io.NodeOutput:
+        if not isinstance(refany3d, RefAny3DModel):
+            raise InputError("refany3d", "expects the output of Load RefAny3D (Realiz3D).")
+        if mesh is not None:
+            check_cancel()
+            rgb, pts, bounds = render_conditions(mesh, views, condition_size)
+        elif rgb_views is not None and point_views is not None:
+            rgb, pts, bounds = rgb_views.float(), point_views.float(), np.array([[-1.0] * 3, [1.0] * 3])
+        else:
+            raise InputError("mesh", "connect a mesh, or both rgb_views and point_views.")
+        # without a mesh the point map decodes into the normalised [-1, 1] cube
+        settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,
+                                    batch=batch, seed=seed, condition_latents=condition_latents, kv_cache=kv_cache)
+        image, point_map = sample(refany3d.flux.pipeline, refany3d.weights, prompt, rgb, pts, settings,
+                                  progress(steps))
+        xyz, fg = decode_point_map(point_map[0].numpy(), bounds, background_threshold)
+        colors = np.clip(np.round(image[0].numpy()[fg] * 255), 0, 255).astype(np.uint8)
+        return io.NodeOutput(image, point_map, {"xyz": xyz, "rgb": colors})

@@ -1,0 +1,42 @@
+"""RefAny3D weights for a tiny test model, written in the published formats (diffusers LoRA
+files via ``FluxPipeline.save_lora_weights``, a torch-pickled domain-embedder state dict), so
+tests and the demo exercise the same loading path as the real files."""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+#: RefAny3D's LoRA targets (SPEC.md section 2): x_embedder, double blocks' norm1.linear,
+#: attn.to_q/k/v, attn.to_out.0, ff.net.2; single blocks' norm.linear, proj_mlp, proj_out, attn.to_q/k/v
+LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
+                "norm.linear", "proj_mlp", "proj_out"]
+FILES = ("default.safetensors", "coord.safetensors", "domain_embedder.pth")
+
+
+def write_tiny_refany3d(folder: str, transformer: torch.nn.Module, seed: int = 0, rank: int = 4,
+                        std: float = 0.02) -> list[str]:
+    """Random (seeded) Reference-LoRA, Domain-LoRA and domain embedder for ``transformer``'s
+    size, written to ``folder`` under the published names. Returns their paths."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from .domain_embedder import make_domain_embedder
+
+    donor = copy.deepcopy(transformer)
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for name in ("default", "coord"):
+        donor.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), adapter_name=name)
+        for n, p in donor.named_parameters():
+            if f".{name}." in n and "lora_B" in n:        # peft starts B at zero: give the LoRA an effect
+                p.data = torch.randn(p.shape, generator=g) * std
+        FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(donor, adapter_name=name),
+                                       weight_name=f"{name}.safetensors")
+    cfg = transformer.config
+    emb = make_domain_embedder(cfg.num_attention_heads * cfg.attention_head_dim)
+    with torch.no_grad():
+        emb[3].weight.normal_(0.0, std * 2.5, generator=g)
+    torch.save(emb.state_dict(), os.path.join(folder, FILES[2]))
+    return [os.path.join(folder, f) for f in FILES]

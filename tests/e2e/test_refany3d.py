@@ -1,0 +1,160 @@
+"""RefAny3D in a real ComfyUI with the tiny model: the example workflow, model reuse and release,
+single files, cancel, and bad input."""
+import copy
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from comfy_host import error_message, load_workflow, run_and_interrupt
+from realiz3d.loading import load_pipeline_folder, write_tiny_set
+from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
+
+FAST = {"views": 2, "condition_size": 64, "width": 64, "height": 64, "steps": 2}   # CPU-sized run of the template
+
+
+@pytest.fixture(scope="module")
+def models(server, tmp_path_factory):
+    """The tiny model under the names the template uses (models/diffusers/FLUX.1-dev, models/refany3d/*),
+    plus its single files and tokenizer folders."""
+    tiny = write_tiny_set(str(tmp_path_factory.mktemp("tiny")))
+    m = os.path.join(server.base, "models")
+    shutil.copytree(tiny.diffusers_folder, os.path.join(m, "diffusers", "FLUX.1-dev"))
+    for kind, path in (("diffusion_models", tiny.transformer), ("vae", tiny.vae), ("text_encoders", tiny.clip),
+                       ("text_encoders", tiny.t5)):
+        os.makedirs(os.path.join(m, kind), exist_ok=True)
+        shutil.copy(path, os.path.join(m, kind, os.path.basename(path)))
+    for path in (tiny.clip_tokenizer, tiny.t5_tokenizer):
+        shutil.copytree(path, os.path.join(m, "tokenizers", os.path.basename(path)))
+    write_tiny_refany3d(os.path.join(m, "refany3d"), load_pipeline_folder(tiny.diffusers_folder).transformer)
+    return tiny
+
+
+def workflow(**sample):
+    wf = load_workflow("api/refany3d_from_mesh.json")
+    wf["4"]["inputs"].update(FAST, **sample)
+    return wf
+
+
+def loads(server):
+    return server.log().count("Realiz3D: loading Flux model")
+
+
+def test_template_runs_with_the_tiny_model(server, models):
+    h = server.run(workflow())
+    assert h["status"]["status_str"] == "success", error_message(h)
+    files = server.output_files(h)
+    image = [p for p in files if os.path.basename(p).startswith("image_")]
+    pmap = [p for p in files if os.path.basename(p).startswith("pointmap_")]
+    ply = [p for p in files if p.endswith(".ply")]
+    assert len(image) == 1 and len(pmap) == 1 and len(ply) == 1
+    img = np.asarray(Image.open(image[0]))
+    assert img.shape == (64, 64, 3) and img.std() > 1.0          # a real (if tiny-model) image, not flat
+    assert np.asarray(Image.open(pmap[0])).shape == (64, 64, 3)
+    cloud = trimesh.load(ply[0])
+    assert len(cloud.vertices) >= 1 and np.isfinite(cloud.vertices).all()
+
+
+def test_second_prompt_reloads_nothing_and_free_releases(server, models):
+    server.run(workflow(seed=1))
+    before = loads(server)
+    assert before >= 1
+    h = server.run(workflow(seed=2))                               # another prompt, same model files
+    assert h["status"]["status_str"] == "success", error_message(h)
+    assert loads(server) == before
+    server.post("/free", {"unload_models": True, "free_memory": True})
+    h = server.run(workflow(seed=3))
+    assert h["status"]["status_str"] == "success", error_message(h)
+    assert loads(server) == before + 1                             # freed, so loaded again
+
+
+def single_files(**overrides):
+    inputs = {"source": "single files", "diffusers_model": "FLUX.1-dev", "transformer": "tiny-flux.safetensors",
+              "vae": "tiny-flux-vae.safetensors", "clip": "tiny-clip-l.safetensors", "t5": "tiny-t5.safetensors",
+              "clip_tokenizer": "tiny-clip-l", "t5_tokenizer": "tiny-t5", "dtype": "fp32", "device": "cpu"}
+    inputs.update(overrides)
+    return inputs
+
+
+def test_single_files_and_two_loaders_share_one_model(server, models):
+    wf = workflow(seed=5)
+    wf["2"]["inputs"] = single_files()
+    wf["8"] = {"class_type": "Realiz3DLoadFluxModel", "inputs": single_files()}        # a second loader
+    wf["9"] = {"class_type": "Realiz3DLoadRefAny3D", "inputs": dict(wf["3"]["inputs"], model=["8", 0])}
+    wf["10"] = {"class_type": "Realiz3DRefAny3DSample", "inputs": dict(wf["4"]["inputs"], refany3d=["9", 0])}
+    wf["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "refany3d/second"}}
+    before = loads(server)
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "success", error_message(h)
+    assert loads(server) == before + 1
+    a, b = (np.asarray(Image.open(p)) for p in sorted(server.output_files(h))
+            if os.path.basename(p).startswith(("image_", "second_")))
+    assert np.array_equal(a, b)                                    # same model, same seed, same image
+
+
+def test_cancel_stops_within_a_step(server, models):
+    seen = run_and_interrupt(server, workflow(steps=40, seed=7), "4", after=2)
+    assert seen["end"] == "execution_interrupted", seen
+    assert seen["before"][-1] == 2 and max(seen["after"], default=2) <= 3
+    h = server.run(workflow(seed=8))
+    assert h["status"]["status_str"] == "success", error_message(h)
+
+
+def write_bad_models(server, models):
+    m = os.path.join(server.base, "models")
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+               "model.diffusion_model.out.2.weight": torch.zeros(4, 4)},
+              os.path.join(m, "diffusion_models", "sd15.safetensors"))
+    data = open(models.transformer, "rb").read()
+    with open(os.path.join(m, "diffusion_models", "cut.safetensors"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    broken = os.path.join(m, "diffusers", "no-t5")
+    if not os.path.exists(broken):
+        shutil.copytree(models.diffusers_folder, broken)
+        shutil.rmtree(os.path.join(broken, "text_encoder_2"))
+    lora = load_file(os.path.join(m, "refany3d", "default.safetensors"))
+    wide = {k: torch.zeros(v.shape[0], v.shape[1] * 2) if ".lora_A." in k else v for k, v in lora.items()}
+    save_file(wide, os.path.join(m, "refany3d", "other_size.safetensors"))
+
+
+BAD = [
+    ("SD checkpoint", {"2": single_files(transformer="sd15.safetensors")}, "transformer", "Stable Diffusion"),
+    ("truncated file", {"2": single_files(transformer="cut.safetensors")}, "transformer", "truncated"),
+    ("missing text encoder", {"2": {"diffusers_model": "no-t5"}}, "diffusers_model", "text_encoder_2"),
+    ("LoRA for another size", {"3": {"reference_lora": "other_size.safetensors"}}, "reference_lora", "another size"),
+    ("size not divisible by 16", {"4": {"width": 72}}, "width", "multiple of 16"),
+    ("path outside models", {"3": {"domain_lora": "../../secret.safetensors"}}, "domain_lora", "outside"),
+]
+
+
+@pytest.mark.parametrize("changes,input_name,phrase", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_named_and_harmless(server, models, changes, input_name, phrase):
+    write_bad_models(server, models)
+    wf = workflow(seed=11)
+    for node, inputs in changes.items():
+        wf[node]["inputs"].update(inputs)
+    out = os.path.join(server.base, "output")
+    before = sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs)
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error"
+    message = error_message(h)
+    assert input_name in message and phrase in message, message
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs) == before
+    ok = server.run(workflow(seed=12))
+    assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+def test_views_that_do_not_match(server, models):
+    wf = workflow(seed=13)
+    del wf["4"]["inputs"]["mesh"]
+    wf["20"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 2, "color": 0}}
+    wf["21"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0}}
+    wf["4"]["inputs"].update(rgb_views=["20", 0], point_views=["21", 0])
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error" and "views" in error_message(h), error_message(h)
