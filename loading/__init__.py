@@ -13,6 +13,7 @@ from .cache import CACHE, ComponentCache, get_or_load, make_key, release, releas
 from .flux_files import (FluxComponents, check_compatible, load_clip, load_pipeline_folder, load_single_files,
                          load_t5, load_text_encoders, load_transformer, load_vae, make_scheduler)
 from .text_encoders import load_tokenizers
+from .offload import Offload, no_offload
 from .tiny import TinyFiles, tiny_components, write_tiny_set
 from .vae_keys import diffusers_to_ldm_vae, infer_vae_config, ldm_to_diffusers_vae
 from .weights_io import DTYPES, read_state_dict, resolve_dtype
@@ -22,6 +23,6 @@ __all__ = [
     "CACHE", "ComponentCache", "get_or_load", "make_key", "release", "release_all",
     "FluxComponents", "check_compatible", "load_clip", "load_pipeline_folder", "load_single_files", "load_t5",
     "load_text_encoders", "load_transformer", "load_vae", "make_scheduler", "load_tokenizers",
-    "TinyFiles", "tiny_components", "write_tiny_set", "diffusers_to_ldm_vae", "infer_vae_config",
+    "Offload", "no_offload", "TinyFiles", "tiny_components", "write_tiny_set", "diffusers_to_ldm_vae", "infer_vae_config",
     "ldm_to_diffusers_vae", "DTYPES", "read_state_dict", "resolve_dtype",
 ]

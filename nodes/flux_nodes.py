@@ -10,7 +10,7 @@ import comfy.model_management
 import folder_paths
 from comfy_api.latest import io
 
-from ..loading import ComponentCache, load_pipeline_folder, load_single_files
+from ..loading import ComponentCache, Offload, load_pipeline_folder, load_single_files
 from ..renderers.errors import InputError
 from .common import CATEGORY, PREFIX, FluxType
 from .paths import list_model_folders, model_path, register_model_folder
@@ -29,6 +29,7 @@ class FluxModel:
     components: object
     pipeline: object
     label: str
+    offload: object = None      # loading.Offload when the weights stay in CPU memory
 
 
 def _builtin_tokenizer(kind: str) -> str:
@@ -84,22 +85,28 @@ class LoadFluxModel(io.ComfyNode):
                                        "weights are upcast to it when loaded."),
                 io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto",
                                tooltip="Where the model runs. auto: ComfyUI's device."),
+                io.Boolean.Input("offload", default=False,
+                                 tooltip="For GPUs with less memory: keep the weights in CPU memory and move "
+                                         "each component (text encoders, transformer, VAE) to the GPU only "
+                                         "while it runs. Slower; the GPU holds one component at a time."),
             ],
             outputs=[FluxType.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, source, diffusers_model, transformer, vae, clip, t5, clip_tokenizer, t5_tokenizer, dtype,
-                device) -> io.NodeOutput:
-        dev = _device(device)
-        dt = _dtype(dtype, dev)
+                device, offload=False) -> io.NodeOutput:
+        run_on = _device(device)
+        dt = _dtype(dtype, run_on)
+        dev = "cpu" if offload else run_on          # offloaded weights load into CPU memory
+        helper = Offload(run_on) if offload else None
         if source == "diffusers folder":
             folder = model_path("diffusers", diffusers_model, "diffusers_model")
             paths, label = [folder], diffusers_model
 
             def load():
                 log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
-                return _model(load_pipeline_folder(folder, dt, dev, "diffusers_model"), label)
+                return _model(load_pipeline_folder(folder, dt, dev, "diffusers_model"), label, helper)
         else:
             files = [model_path("diffusion_models", transformer, "transformer"), model_path("vae", vae, "vae"),
                      model_path("text_encoders", clip, "clip"), model_path("text_encoders", t5, "t5")]
@@ -112,12 +119,12 @@ class LoadFluxModel(io.ComfyNode):
             def load():
                 log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
                 return _model(load_single_files(*files, clip_tokenizer=toks[0], t5_tokenizer=toks[1], dtype=dt,
-                                                device=dev), label)
-        return io.NodeOutput(MODELS.get_or_load("flux", paths, dt, dev, load))
+                                                device=dev), label, helper)
+        return io.NodeOutput(MODELS.get_or_load("flux", paths, dt, dev, load, extra=(str(run_on), bool(offload))))
 
 
-def _model(components, label) -> FluxModel:
-    return FluxModel(components=components, pipeline=components.pipeline(), label=label)
+def _model(components, label, offload=None) -> FluxModel:
+    return FluxModel(components=components, pipeline=components.pipeline(), label=label, offload=offload)
 
 
 def require_model(model, input_name: str = "model") -> FluxModel:

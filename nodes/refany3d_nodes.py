@@ -128,7 +128,7 @@ class RefAny3DSample(io.ComfyNode):
         settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,
                                     batch=batch, seed=seed, condition_latents=condition_latents, kv_cache=kv_cache)
         image, point_map = sample(refany3d.flux.pipeline, refany3d.weights, prompt, rgb, pts, settings,
-                                  progress(steps))
+                                  progress(steps), offload=refany3d.flux.offload)
         xyz, fg = decode_point_map(point_map[0].numpy(), bounds, background_threshold)
         colors = np.clip(np.round(image[0].numpy()[fg] * 255), 0, 255).astype(np.uint8)
         return io.NodeOutput(image, point_map, {"xyz": xyz, "rgb": colors})

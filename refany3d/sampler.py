@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..engine import Branch, FluxEngine, KVCache
+from ..loading.offload import Offload, no_offload
 from ..renderers.errors import InputError
 from . import layout
 from .weights import RefAny3DWeights
@@ -76,11 +77,14 @@ def decode_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torc
 
 @torch.no_grad()
 def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor, point_views: torch.Tensor,
-           settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None):
+           settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None,
+           offload: Optional[Offload] = None):
     """Generate images and point maps referenced by rendered views of a mesh.
 
     pipe: a diffusers FluxPipeline (its transformer, VAE, text encoders, tokenizers, scheduler);
     rgb_views, point_views: [V, S, S, 3] in [0, 1] (unlit RGB and per-axis point maps).
+    offload: keep the weights on the CPU and move each component to ``offload.device`` only
+    while it runs.
     Returns (rgb [B, H, W, 3], point_map [B, H, W, 3]), float in [0, 1].
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -93,25 +97,29 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
     n_views, cond_h, cond_w = rgb_views.shape[0], rgb_views.shape[1], rgb_views.shape[2]
     if cond_h % 16 or cond_w % 16:
         raise InputError("views", f"condition views are {cond_w}x{cond_h}; their size must be a multiple of 16.")
-    s, device, B = settings, pipe.transformer.device, settings.batch
+    s, B = settings, settings.batch
+    device = offload.device if offload is not None else pipe.transformer.device
+    use = offload.use if offload is not None else no_offload
     dtype = pipe.transformer.x_embedder.weight.dtype
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
 
-    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
-                                                         num_images_per_prompt=B,
-                                                         max_sequence_length=s.max_sequence_length)
+    with use(pipe.text_encoder, pipe.text_encoder_2):
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
+                                                             num_images_per_prompt=B,
+                                                             max_sequence_length=s.max_sequence_length)
     channels = pipe.transformer.config.in_channels // 4
     latents, ids = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)
     point_latents, _ = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)   # own noise
 
     offset = -cond_w / 16.0          # one condition width to the left, in latent-patch units
     views = torch.cat([rgb_views, point_views]).float()
-    cond_tokens, cond_ids = encode_images(pipe, views, gen, s.condition_latents)
+    black_tokens = None
+    with use(pipe.vae):
+        cond_tokens, cond_ids = encode_images(pipe, views, gen, s.condition_latents)
+        if s.image_cfg != 1.0:
+            black_tokens, _ = encode_images(pipe, torch.zeros_like(views), gen, s.condition_latents)
     cond_ids = cond_ids.clone()
     cond_ids[:, 2] += offset
-    black_tokens = None
-    if s.image_cfg != 1.0:
-        black_tokens, _ = encode_images(pipe, torch.zeros_like(views), gen, s.condition_latents)
 
     tags, adapters = layout.domain_tags(n_views), layout.adapters(n_views)
     adapters = [weights.resolve(a) for a in adapters]
@@ -123,10 +131,10 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
     guidance = torch.full((B,), s.guidance, device=device) if engine.has_guidance else None
     cond_guidance = torch.ones(B, device=device) if engine.has_guidance else None
 
-    def branches(t: torch.Tensor, conditions: torch.Tensor) -> list[Branch]:
+    def branches(t, rgb_latents, pts_latents, conditions) -> list[Branch]:
         out = [Branch(prompt_embeds, text_ids, t, guidance, is_text=True, name="text"),
-               Branch(latents, ids, t, guidance, adapters[1], tags[1], name="target_rgb"),
-               Branch(point_latents, ids, t, guidance, adapters[2], tags[2], name="target_points")]
+               Branch(rgb_latents, ids, t, guidance, adapters[1], tags[1], name="target_rgb"),
+               Branch(pts_latents, ids, t, guidance, adapters[2], tags[2], name="target_points")]
         zero = torch.zeros(B, device=device)
         for k in range(2 * n_views):
             out.append(Branch(conditions[k:k + 1].expand(B, -1, -1), cond_ids, zero, cond_guidance,
@@ -140,19 +148,24 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
                          cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
     for sch in schedulers:
         timesteps, _ = retrieve_timesteps(sch, s.steps, device, None, sigmas, mu=mu)
-    for i, t in enumerate(timesteps):
-        t_b = t.expand(B).to(dtype) / 1000
-        out = engine(branches(t_b, cond_tokens), mask, pooled, outputs=[1, 2], kv_cache=caches[0])
-        v_rgb, v_pts = out[1], out[2]
-        if black_tokens is not None:
-            unc = engine(branches(t_b, black_tokens), unc_mask, pooled, outputs=[1, 2], kv_cache=caches[1])
-            v_rgb = unc[1] + s.image_cfg * (v_rgb - unc[1])
-            v_pts = unc[2] + s.image_cfg * (v_pts - unc[2])
-        latents = schedulers[0].step(v_rgb, t, latents, return_dict=False)[0]
-        point_latents = schedulers[1].step(v_pts, t, point_latents, return_dict=False)[0]
-        if progress is not None:
-            progress(i + 1, len(timesteps))
-    return decode_latents(pipe, latents, s.height, s.width), decode_latents(pipe, point_latents, s.height, s.width)
+    with use(pipe.transformer, weights.domain_embedder):
+        for i, t in enumerate(timesteps):
+            t_b = t.expand(B).to(dtype) / 1000
+            out = engine(branches(t_b, latents, point_latents, cond_tokens), mask, pooled, outputs=[1, 2],
+                         kv_cache=caches[0])
+            v_rgb, v_pts = out[1], out[2]
+            if black_tokens is not None:
+                unc = engine(branches(t_b, latents, point_latents, black_tokens), unc_mask, pooled, outputs=[1, 2],
+                             kv_cache=caches[1])
+                v_rgb = unc[1] + s.image_cfg * (v_rgb - unc[1])
+                v_pts = unc[2] + s.image_cfg * (v_pts - unc[2])
+            latents = schedulers[0].step(v_rgb, t, latents, return_dict=False)[0]
+            point_latents = schedulers[1].step(v_pts, t, point_latents, return_dict=False)[0]
+            if progress is not None:
+                progress(i + 1, len(timesteps))
+    with use(pipe.vae):
+        return (decode_latents(pipe, latents, s.height, s.width),
+                decode_latents(pipe, point_latents, s.height, s.width))
 
 
 def decode_point_map(point_map: np.ndarray, asset_bounds: np.ndarray, background_threshold: float = 0.95):

@@ -77,7 +77,8 @@ def test_second_prompt_reloads_nothing_and_free_releases(server, models):
 def single_files(**overrides):
     inputs = {"source": "single files", "diffusers_model": "FLUX.1-dev", "transformer": "tiny-flux.safetensors",
               "vae": "tiny-flux-vae.safetensors", "clip": "tiny-clip-l.safetensors", "t5": "tiny-t5.safetensors",
-              "clip_tokenizer": "tiny-clip-l", "t5_tokenizer": "tiny-t5", "dtype": "fp32", "device": "cpu"}
+              "clip_tokenizer": "tiny-clip-l", "t5_tokenizer": "tiny-t5", "dtype": "fp32", "device": "cpu",
+              "offload": False}
     inputs.update(overrides)
     return inputs
 
@@ -96,6 +97,18 @@ def test_single_files_and_two_loaders_share_one_model(server, models):
     a, b = (np.asarray(Image.open(p)) for p in sorted(server.output_files(h))
             if os.path.basename(p).startswith(("image_", "second_")))
     assert np.array_equal(a, b)                                    # same model, same seed, same image
+
+
+def test_offload_gives_the_same_image(server, models):
+    results = []
+    for offload in (False, True):
+        wf = workflow(seed=21)
+        wf["2"]["inputs"].update(device="cpu", dtype="fp32", offload=offload)
+        wf["5"]["inputs"]["filename_prefix"] = f"refany3d/offload_{offload}"
+        h = server.run(wf)
+        assert h["status"]["status_str"] == "success", error_message(h)
+        results += [np.asarray(Image.open(p)) for p in server.output_files(h) if "offload_" in p]
+    assert len(results) == 2 and np.array_equal(results[0], results[1])
 
 
 def test_cancel_stops_within_a_step(server, models):

@@ -97,3 +97,33 @@ def test_point_map_decodes_to_the_mesh_bounds(setup):
     assert fg.sum() > 50 and not fg.all()
     assert np.all(xyz >= bounds[0] - 1e-5) and np.all(xyz <= bounds[1] + 1e-5)
     assert np.ptp(xyz, axis=0).min() > 0.1 * np.ptp(bounds, axis=0).min()
+
+
+def test_offload_moves_one_component_at_a_time(setup):
+    from realiz3d.loading import Offload
+    pipe, weights, rgb, pts, _ = setup
+    names = {id(pipe.text_encoder): "clip", id(pipe.text_encoder_2): "t5", id(pipe.vae): "vae",
+             id(pipe.transformer): "transformer", id(weights.domain_embedder): "embedder"}
+    events = []
+
+    class Recording(Offload):
+        def use(self, *modules):
+            events.append(("in", sorted(names[id(m)] for m in modules)))
+            inner = super().use(*modules)
+
+            class Ctx:
+                def __enter__(self_):
+                    return inner.__enter__()
+
+                def __exit__(self_, *exc):
+                    events.append(("out", sorted(names[id(m)] for m in modules)))
+                    return inner.__exit__(*exc)
+            return Ctx()
+
+    plain, _ = sample(pipe, weights, "x", rgb, pts, settings())
+    offloaded, _ = sample(pipe, weights, "x", rgb, pts, settings(), offload=Recording("cpu"))
+    assert torch.equal(plain, offloaded)
+    assert events == [("in", ["clip", "t5"]), ("out", ["clip", "t5"]), ("in", ["vae"]), ("out", ["vae"]),
+                      ("in", ["embedder", "transformer"]), ("out", ["embedder", "transformer"]),
+                      ("in", ["vae"]), ("out", ["vae"])]
+    assert all(p.device.type == "cpu" for p in pipe.transformer.parameters())
