@@ -1,12 +1,14 @@
 """Engine benchmark on a mid-size CPU config: RefAny3D's layout at 512 x 512 with 8 views.
 
 Measured side by side in one run (medians of several repeats after a warm-up):
-  1. group-masked attention (query groups over gathered keys) vs one dense-mask SDPA over all
-     ~19k tokens: time and peak memory (each in a fresh subprocess, peak RSS growth);
+  1. group-masked attention (query groups over gathered keys), block-sparse attention (key
+     blocks visited in place with an online softmax) and one dense-mask SDPA over all ~19k
+     tokens: time and peak memory (each in a fresh subprocess, peak RSS growth);
   2. per-branch LoRA (rank 16 on RefAny3D's target layers, two adapters) vs the same forward
      without LoRA;
   3. a denoising step that reads the conditions from the KV cache vs a step with no
-     conditions at all.
+     conditions at all;
+  4. a second request for the same model files (what a second prompt does) vs the first load.
 Writes benchmarks/results/engine.json.
 Usage: .cache/host/venv/bin/python benchmarks/engine.py [--repeats 3]
 """
@@ -26,7 +28,8 @@ from pack_import import import_pack  # noqa: E402
 import_pack()
 import torch  # noqa: E402
 
-from realiz3d.engine import Branch, FluxEngine, KVCache, dense_masked_attention, grouped_attention  # noqa: E402
+from realiz3d.engine import (Branch, FluxEngine, KVCache, block_sparse_attention,  # noqa: E402
+                            dense_masked_attention, grouped_attention)
 from realiz3d.refany3d.layout import adapters, domain_tags, group_mask  # noqa: E402
 
 VIEWS, SIDE, TEXT, HEADS, HEAD_DIM = 8, 32, 512, 4, 64     # 512 px -> 32 x 32 patches; hidden 256
@@ -47,7 +50,7 @@ def attention_child(method: str, repeats: int) -> None:
     """Runs in a subprocess: prints median seconds and peak RSS growth (MiB) of one method."""
     q, k, v = qkv()
     mask = group_mask(VIEWS)
-    fn = grouped_attention if method == "grouped" else dense_masked_attention
+    fn = {"grouped": grouped_attention, "block_sparse": block_sparse_attention, "dense": dense_masked_attention}[method]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn(q, k, v, mask)
     times = []
@@ -61,7 +64,7 @@ def attention_child(method: str, repeats: int) -> None:
 
 def measure_attention(repeats):
     out = {}
-    for method in ("grouped", "dense"):
+    for method in ("grouped", "block_sparse", "dense"):
         run = subprocess.run([sys.executable, __file__, "--child", method, "--repeats", str(repeats)],
                              capture_output=True, text=True, check=True)
         out[method] = json.loads(run.stdout.strip().splitlines()[-1])
@@ -104,6 +107,24 @@ def branches(with_adapters: bool, conditions: bool = True):
     return out
 
 
+def second_prompt_reload():
+    """Load the tiny model through the node layer's cache twice (two prompts, one held copy)."""
+    import tempfile
+
+    from realiz3d.loading import ComponentCache, load_pipeline_folder, write_tiny_set
+    with tempfile.TemporaryDirectory() as d:
+        folder = write_tiny_set(d).diffusers_folder
+        cache = ComponentCache(weak=True)
+        t0 = time.perf_counter()
+        held = cache.get_or_load("flux", [folder], "fp32", "cpu", lambda: load_pipeline_folder(folder))
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = cache.get_or_load("flux", [folder], "fp32", "cpu", lambda: load_pipeline_folder(folder))
+        second = time.perf_counter() - t0
+        assert again is held
+        return {"first_s": first, "second_s": second, "loads": cache.load_count["flux"]}
+
+
 def timed(fn, repeats):
     fn()
     times = []
@@ -126,10 +147,13 @@ def main():
                       "single_blocks": 4, "tokens": sum(lengths()), "threads": torch.get_num_threads()}}
     att = measure_attention(args.repeats)
     res["attention"] = att
-    res["attention"]["grouped_over_dense_time"] = att["grouped"]["median_s"] / att["dense"]["median_s"]
-    print(f"attention over {sum(lengths())} tokens: grouped {att['grouped']['median_s']:.3f} s "
-          f"({att['grouped']['peak_rss_growth_mib']:.0f} MiB), dense-mask SDPA {att['dense']['median_s']:.3f} s "
-          f"({att['dense']['peak_rss_growth_mib']:.0f} MiB) -> ratio {res['attention']['grouped_over_dense_time']:.2f}")
+    for method in ("grouped", "block_sparse"):
+        res["attention"][f"{method}_over_dense_time"] = att[method]["median_s"] / att["dense"]["median_s"]
+    print(f"attention over {sum(lengths())} tokens (time, peak RSS growth):")
+    for method in ("grouped", "block_sparse", "dense"):
+        ratio = att[method]["median_s"] / att["dense"]["median_s"]
+        print(f"  {method:12s} {att[method]['median_s']:7.3f} s {att[method]['peak_rss_growth_mib']:7.0f} MiB   "
+              f"{ratio:.2f}x dense")
 
     tr = model()
     mask, pooled = group_mask(VIEWS), torch.randn(1, 64)
@@ -155,6 +179,10 @@ def main():
                        "later_over_no_condition": later / bare}
     print(f"KV cache: first step {first:.3f} s, later steps {later:.3f} s, step without conditions {bare:.3f} s "
           f"-> ratio {later / bare:.2f}")
+    res["reload"] = second_prompt_reload()
+    r = res["reload"]
+    print(f"model load: first {r['first_s']:.3f} s, second request {r['second_s'] * 1000:.2f} ms, "
+          f"loads {r['loads']} (the second prompt reloads nothing)")
     out = os.path.join(ROOT, "benchmarks", "results", "engine.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -9,9 +9,9 @@ position ids and LoRA adapter set; a boolean group mask says which branch attend
 With one text and one image branch and no mask or adapter it computes exactly what
 diffusers' FluxTransformer2DModel computes.
 """
-from .attention import dense_mask, dense_masked_attention, grouped_attention
+from .attention import block_sparse_attention, dense_mask, dense_masked_attention, grouped_attention
 from .branches import Branch
 from .flux_engine import FluxEngine, KVCache
 from .lora import apply_linear
 
-__all__ = ["Branch", "FluxEngine", "KVCache", "apply_linear", "dense_mask", "dense_masked_attention", "grouped_attention"]
+__all__ = ["Branch", "FluxEngine", "KVCache", "apply_linear", "block_sparse_attention", "dense_mask", "dense_masked_attention", "grouped_attention"]

@@ -5,7 +5,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from peft import LoraConfig
 
-from realiz3d.engine import Branch, FluxEngine, dense_masked_attention, grouped_attention
+from realiz3d.engine import Branch, FluxEngine, block_sparse_attention, dense_masked_attention, grouped_attention
 
 
 def tiny_transformer(guidance=True, seed=0):
@@ -55,8 +55,9 @@ def test_grouped_attention_equals_dense_mask(seed):
     mask = torch.rand(7, 7, generator=g) > 0.5
     mask |= torch.eye(7, dtype=torch.bool)             # every branch sees at least itself
     q, k, v = random_qkv(lengths, seed=seed)
-    for a, b in zip(grouped_attention(q, k, v, mask), dense_masked_attention(q, k, v, mask)):
-        assert (a - b).abs().max() <= 1e-5
+    dense = dense_masked_attention(q, k, v, mask)
+    for a, b, c in zip(grouped_attention(q, k, v, mask), dense, block_sparse_attention(q, k, v, mask)):
+        assert (a - b).abs().max() <= 1e-5 and (c - b).abs().max() <= 1e-5
     full = grouped_attention(q, k, v, None)
     assert (full[0] - dense_masked_attention(q, k, v, None)[0]).abs().max() <= 1e-5
 
