@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import folder_paths
 import numpy as np
-import torch
 from comfy_api.latest import io
 
 from ..refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, sample

@@ -1,6 +1,5 @@
 """Bad input through the real server: a clear error naming the input, no file written, and the
 server runs the next prompt normally."""
-import copy
 import os
 
 import pytest

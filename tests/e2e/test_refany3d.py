@@ -1,7 +1,5 @@
 """RefAny3D in a real ComfyUI with the tiny model: the example workflow, model reuse and release,
 single files, cancel, and bad input."""
-import copy
-import json
 import os
 import shutil
 

@@ -66,7 +66,7 @@ def write_published_files(folder, hidden_heads=2, seed=1):
 
 def run(tr, weights, tag_adapters=True):
     torch.manual_seed(3)
-    B, txt, x, cond = 1, torch.randn(1, 5, 48), torch.randn(1, 16, 16), torch.randn(2, 16, 16)
+    txt, x, cond = torch.randn(1, 5, 48), torch.randn(1, 16, 16), torch.randn(2, 16, 16)
     ids = torch.stack([torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], 1).float()
     t, g = torch.tensor([0.5]), torch.tensor([3.5])
     ad = [weights.resolve(a) for a in adapters(1)] if tag_adapters else [()] * 5
