@@ -107,6 +107,32 @@ def branches(with_adapters: bool, conditions: bool = True):
     return out
 
 
+def shifter_cost(tr, embedder, mask, pooled, repeats):
+    """A step with Realiz3D's shifters on both targets under a layer-aware schedule vs without."""
+    from realiz3d.adapters import DomainShifters, ShifterConfig, make_schedule
+    shifters = DomainShifters(ShifterConfig.for_transformer(tr, rank=8))
+    for p in shifters.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    n_blocks = shifters.cfg.num_blocks
+    names = make_schedule("layer-aware", k_layers=n_blocks // 2, num_blocks=n_blocks).domains(0, 28, n_blocks)
+    domains = [shifters.domain_index(n) for n in names]
+
+    def scheduled():
+        out = branches(True)
+        for b in out[1:3]:
+            b.block_domains = domains
+        return out
+    plain_engine = FluxEngine(tr, embedder)
+    shifted_engine = FluxEngine(tr, embedder, shifters=shifters)
+    without = timed(lambda: plain_engine(branches(True), mask, pooled, outputs=[1, 2]), repeats)
+    with_ = timed(lambda: shifted_engine(scheduled(), mask, pooled, outputs=[1, 2]), repeats)
+    x = [torch.randn(1, SIDE * SIDE, HEADS * HEAD_DIM) for _ in range(2)]
+    only = timed(lambda: [[xi + shifted_engine.shift_table[b, d] for xi in x] for b, d in enumerate(domains)],
+                 max(repeats, 5))
+    return {"without_s": without, "with_s": with_, "forward_s": without, "overhead": with_ / without - 1,
+            "shift_only_s": only, "shift_share": only / without}
+
+
 def second_prompt_reload():
     """Load the tiny model through the node layer's cache twice (two prompts, one held copy)."""
     import tempfile
@@ -179,6 +205,11 @@ def main():
                        "later_over_no_condition": later / bare}
     print(f"KV cache: first step {first:.3f} s, later steps {later:.3f} s, step without conditions {bare:.3f} s "
           f"-> ratio {later / bare:.2f}")
+    res["shifters"] = shifter_cost(tr, embedder, mask, pooled, args.repeats)
+    r = res["shifters"]
+    print(f"domain shifters + layer-aware schedule: {r['with_s']:.3f} s vs {r['without_s']:.3f} s per step -> "
+          f"{100 * r['overhead']:+.1f}% (forward {r['forward_s']:.3f} s; shift time alone {1e3 * r['shift_only_s']:.2f} ms"
+          f" = {100 * r['shift_share']:.3f}% of a step)")
     res["reload"] = second_prompt_reload()
     r = res["reload"]
     print(f"model load: first {r['first_s']:.3f} s, second request {r['second_s'] * 1000:.2f} ms, "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ class Branch:
     adapters: LoRA adapter names active on this branch ("default", "coord", ...).
     domain: domain tag fed to the domain embedder, or None for no domain embedding.
     is_text: the text branch runs the context weights of the double blocks.
+    block_domains: per engine block (double blocks, then single blocks), the domain index whose
+    shift the engine's domain shifters add to this branch's tokens before that block; None for
+    no shift (text and condition branches).
     """
 
     tokens: torch.Tensor
@@ -29,6 +32,7 @@ class Branch:
     domain: Optional[int] = None
     is_text: bool = False
     name: str = ""
+    block_domains: Optional[Sequence[int]] = None
 
     @property
     def length(self) -> int:

@@ -48,13 +48,24 @@ class FluxEngine:
     output is added to the timestep embedding of every branch whose ``domain`` is set
     (RefAny3D's Embedding(2, 256) -> Linear -> SiLU -> Linear).
     attention: the function joining branches (default :func:`grouped_attention`).
+    shifters: optional Realiz3D domain shifters (adapters.DomainShifters), one per block, applied
+    to branches that carry ``block_domains``. The bias variant is reduced once to a table of
+    vectors [blocks, domains, D], so a shift costs one addition. ``trace``, when a list, receives
+    (block, branch index, domain) for every shift applied (for tests and debugging).
     """
 
-    def __init__(self, transformer: nn.Module, domain_embedder: Optional[nn.Module] = None, attention=None):
+    def __init__(self, transformer: nn.Module, domain_embedder: Optional[nn.Module] = None, attention=None,
+                 shifters: Optional[nn.Module] = None, trace: Optional[list] = None):
         self.transformer = transformer
         self.domain_embedder = domain_embedder
         self.attention = attention or grouped_attention
         self.has_guidance = bool(transformer.config.guidance_embeds)
+        self.shifters, self.trace = shifters, trace
+        self.shift_table = None
+        if shifters is not None:
+            shifters.check_fits(transformer)
+            if shifters.cfg.variant == "bias":
+                self.shift_table = shifters.precompute().to(self.dtype).to(transformer.x_embedder.weight.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -99,9 +110,11 @@ class FluxEngine:
         ropes = [None if i in skip else t.pos_embed(b.ids) for i, b in enumerate(branches)]
         layer = 0
         for block in t.transformer_blocks:
+            xs = self._shift(layer, branches, xs)
             xs = self._double_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
             layer += 1
         for block in t.single_transformer_blocks:
+            xs = self._shift(layer, branches, xs)
             xs = self._single_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
             layer += 1
         if kv_cache is not None:
@@ -115,6 +128,26 @@ class FluxEngine:
             x = norm.norm(xs[i]) * (1 + scale)[:, None, :] + shift[:, None, :]
             result[i] = apply_linear(t.proj_out, x, branches[i].adapters)
         return result
+
+    def _shift(self, block: int, branches, xs):
+        """Add each scheduled branch's domain shift before ``block``."""
+        if self.shifters is None:
+            if any(b.block_domains is not None for b in branches):
+                raise ValueError("branches carry block_domains but the engine has no domain shifters")
+            return xs
+        out = list(xs)
+        for i, (b, x) in enumerate(zip(branches, xs)):
+            if b.block_domains is None or x is None:
+                continue
+            d = int(b.block_domains[block])
+            if self.shift_table is not None:
+                out[i] = x + self.shift_table[block, d]
+            else:
+                tags = torch.full((x.shape[0],), d, dtype=torch.long, device=x.device)
+                out[i] = self.shifters.blocks[block](x, tags)
+            if self.trace is not None:
+                self.trace.append((block, i, d))
+        return out
 
     @staticmethod
     def _kv(cache: Optional[KVCache], layer: int):
