@@ -12,6 +12,7 @@ import torch
 from ..engine import Branch, FluxEngine, KVCache
 from ..loading.offload import Offload, no_offload
 from ..renderers.errors import InputError
+from ..sampling.flow import decode_latents, encode_images, flux_timesteps
 from . import layout
 from .weights import RefAny3DWeights
 
@@ -55,26 +56,6 @@ def check_settings(s: RefAny3DSettings) -> None:
         raise InputError("condition_latents", "must be 'sample' or 'mean'.")
 
 
-def encode_images(pipe, images: torch.Tensor, generator: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """images [V, H, W, 3] in [0, 1] -> packed latent tokens [V, N, 64] and ids [N, 3]."""
-    x = images.permute(0, 3, 1, 2).to(pipe.vae.device, pipe.vae.dtype) * 2.0 - 1.0
-    dist = pipe.vae.encode(x).latent_dist
-    lat = dist.sample(generator) if mode == "sample" else dist.mean
-    lat = (lat - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-    v, c, h, w = lat.shape
-    tokens = pipe._pack_latents(lat, v, c, h, w)
-    ids = pipe._prepare_latent_image_ids(v, h // 2, w // 2, lat.device, lat.dtype)
-    return tokens, ids
-
-
-def decode_latents(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Packed latents [B, N, 64] -> images [B, H, W, 3] in [0, 1]."""
-    lat = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-    lat = lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-    img = pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
-    return (img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
-
-
 @torch.no_grad()
 def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor, point_views: torch.Tensor,
            settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None,
@@ -87,9 +68,6 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
     while it runs.
     Returns (rgb [B, H, W, 3], point_map [B, H, W, 3]), float in [0, 1].
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
     check_settings(settings)
     if rgb_views.shape != point_views.shape or rgb_views.ndim != 4 or rgb_views.shape[-1] != 3:
         raise InputError("views", f"RGB views {tuple(rgb_views.shape)} and point-map views "
@@ -141,13 +119,7 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
                               adapters[3 + k], tags[3 + k], name=f"view{k}"))
         return out
 
-    schedulers = [FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config) for _ in range(2)]
-    sigmas = np.linspace(1.0, 1 / s.steps, s.steps)
-    cfg = pipe.scheduler.config
-    mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-    for sch in schedulers:
-        timesteps, _ = retrieve_timesteps(sch, s.steps, device, None, sigmas, mu=mu)
+    timesteps, schedulers = flux_timesteps(pipe, s.steps, latents.shape[1], device, count=2)
     with use(pipe.transformer, weights.domain_embedder):
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000

@@ -1,0 +1,1 @@
+"""Samplers built on the engine: shared flow-matching pieces, Realiz3D sampling, multiview grids."""
