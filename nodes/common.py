@@ -15,6 +15,10 @@ RenderType = io.Custom("REALIZ3D_RENDER")      # renderers.RenderBundle
 FluxType = io.Custom("REALIZ3D_FLUX")          # nodes.flux_nodes.FluxModel
 RefAny3DType = io.Custom("REALIZ3D_REFANY3D")  # nodes.refany3d_nodes.RefAny3DModel
 PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")  # dict(xyz [P, 3], rgb uint8 [P, 3])
+ShifterType = io.Custom("REALIZ3D_SHIFTER")    # adapters.DomainShifters
+ScheduleType = io.Custom("REALIZ3D_SCHEDULE")  # dict of make_schedule parameters
+ControlType = io.Custom("REALIZ3D_CONTROL")    # dict(model, adapter): a control LoRA attached to a model
+ViewsType = io.Custom("REALIZ3D_VIEWS")        # nodes.realiz3d_nodes.GeneratedViews
 
 
 def check_cancel() -> None:

@@ -16,6 +16,8 @@ NODE_MODULES = {
     "render_nodes": ["RenderViews", "SavePointCloud"],
     "flux_nodes": ["LoadFluxModel"],
     "refany3d_nodes": ["LoadRefAny3D", "RefAny3DSample"],
+    "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "LoadControlLoRA", "Realiz3DSample",
+                       "MultiviewGenerate"],
 }
 
 

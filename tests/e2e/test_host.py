@@ -15,7 +15,8 @@ from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE
 from realiz3d.renderers import depth_image, load_mesh, normal_image, normalize, refany3d_rig, render_views
 
 NODES = {"Realiz3DLoadMesh", "Realiz3DCameraRig", "Realiz3DRenderViews", "Realiz3DSavePointCloud",
-         "Realiz3DLoadFluxModel", "Realiz3DLoadRefAny3D", "Realiz3DRefAny3DSample"}
+         "Realiz3DLoadFluxModel", "Realiz3DLoadRefAny3D", "Realiz3DRefAny3DSample", "Realiz3DLoadDomainShifter",
+         "Realiz3DDomainSchedule", "Realiz3DLoadControlLoRA", "Realiz3DSample", "Realiz3DMultiviewGenerate"}
 
 
 def test_nodes_registered_with_tooltips(server):
@@ -30,13 +31,14 @@ def test_nodes_registered_with_tooltips(server):
 
 
 def test_templates_and_web_extension(server):
-    assert sorted(server.get("/workflow_templates")["ComfyUI-Realiz3D"]) == ["refany3d_from_mesh", "render_sample_mesh"]
+    assert sorted(server.get("/workflow_templates")["ComfyUI-Realiz3D"]) == [
+        "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh"]
     assert "/extensions/ComfyUI-Realiz3D/realiz3d.js" in server.get("/extensions")
     with urllib.request.urlopen(server.url + "/api/workflow_templates/ComfyUI-Realiz3D/render_sample_mesh.json") as r:
         assert json.loads(r.read())["nodes"]
 
 
-@pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh"])
+@pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh", "multiview_from_mesh"])
 def test_ui_workflow_is_the_api_workflow(server, name):
     with open(os.path.join(ROOT, "example_workflows", f"{name}.json")) as f:
         ui = json.load(f)

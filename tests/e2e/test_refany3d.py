@@ -23,13 +23,13 @@ def models(server, tmp_path_factory):
     plus its single files and tokenizer folders."""
     tiny = write_tiny_set(str(tmp_path_factory.mktemp("tiny")))
     m = os.path.join(server.base, "models")
-    shutil.copytree(tiny.diffusers_folder, os.path.join(m, "diffusers", "FLUX.1-dev"))
+    shutil.copytree(tiny.diffusers_folder, os.path.join(m, "diffusers", "FLUX.1-dev"), dirs_exist_ok=True)
     for kind, path in (("diffusion_models", tiny.transformer), ("vae", tiny.vae), ("text_encoders", tiny.clip),
                        ("text_encoders", tiny.t5)):
         os.makedirs(os.path.join(m, kind), exist_ok=True)
         shutil.copy(path, os.path.join(m, kind, os.path.basename(path)))
     for path in (tiny.clip_tokenizer, tiny.t5_tokenizer):
-        shutil.copytree(path, os.path.join(m, "tokenizers", os.path.basename(path)))
+        shutil.copytree(path, os.path.join(m, "tokenizers", os.path.basename(path)), dirs_exist_ok=True)
     write_tiny_refany3d(os.path.join(m, "refany3d"), load_pipeline_folder(tiny.diffusers_folder).transformer)
     return tiny
 

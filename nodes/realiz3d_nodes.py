@@ -1,0 +1,187 @@
+"""Realiz3D inference nodes: Load Domain Shifter, Domain Schedule, Load Control LoRA,
+Realiz3D Sample, Multiview Generate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..adapters import PRESETS, load_shifters, make_schedule
+from ..engine.lora_files import attach_lora
+from ..renderers.errors import InputError
+from ..sampling.multiview import CONTROL_KINDS, generate_multiview
+from ..sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
+from .common import (CATEGORY, PREFIX, CamerasType, ControlType, FluxType, MeshType, ScheduleType, ShifterType,
+                     ViewsType, progress)
+from .flux_nodes import require_model
+from .paths import model_path, register_model_folder
+
+SHIFTERS = "realiz3d_shifters"
+
+
+@dataclass(eq=False)
+class GeneratedViews:
+    """Views generated for a mesh, with the cameras they were generated from (for baking)."""
+    views: torch.Tensor
+    cameras: list
+    mesh: object
+
+
+def _sampling_inputs():
+    return [
+        io.Int.Input("steps", default=28, min=1, max=200, tooltip="FlowMatch Euler steps."),
+        io.Float.Input("guidance", default=3.5, min=0.0, max=30.0, step=0.1, tooltip="Flux guidance embedding."),
+        io.Int.Input("seed", default=0, min=0, max=2 ** 32 - 1, control_after_generate=True, tooltip="Noise seed."),
+        ControlType.Input("control", optional=True, tooltip="Control LoRA from Load Control LoRA (applies to "
+                                                            "the geometry-control branches only)."),
+        ShifterType.Input("shifter", optional=True, tooltip="Domain shifters from Load Domain Shifter."),
+        ScheduleType.Input("schedule", optional=True,
+                           tooltip="Domain schedule (default with shifters: real everywhere)."),
+    ]
+
+
+def _schedule(schedule, model, steps):
+    if schedule is None:
+        return None
+    t = model.pipeline.transformer
+    n = len(t.transformer_blocks) + len(t.single_transformer_blocks)
+    return make_schedule(num_blocks=n, num_steps=steps, **schedule)
+
+
+def _adapters(control, model):
+    if control is None:
+        return ()
+    if control["model"] is not model:
+        raise InputError("control", "was loaded for another model; connect Load Control LoRA to the same model.")
+    return (control["adapter"],)
+
+
+class LoadDomainShifter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        register_model_folder(SHIFTERS)
+        files = folder_paths.get_filename_list(SHIFTERS) or [""]
+        return io.Schema(
+            node_id=f"{PREFIX}LoadDomainShifter", display_name="Load Domain Shifter (Realiz3D)",
+            category=f"{CATEGORY}/model",
+            description="Realiz3D domain shifters (one per DiT block) from models/realiz3d_shifters.",
+            inputs=[FluxType.Input("model", tooltip="The Flux model the shifters were trained for."),
+                    io.Combo.Input("shifter", options=files, default=files[0],
+                                   tooltip="A .safetensors shifter file written by Train Domain Shifter.")],
+            outputs=[ShifterType.Output(display_name="shifter")])
+
+    @classmethod
+    def execute(cls, model, shifter) -> io.NodeOutput:
+        flux = require_model(model)
+        shifters = load_shifters(model_path(SHIFTERS, shifter, "shifter"))
+        shifters.check_fits(flux.pipeline.transformer)
+        return io.NodeOutput(shifters.to(flux.pipeline.transformer.x_embedder.weight.dtype))
+
+
+class DomainScheduleNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}DomainSchedule", display_name="Domain Schedule (Realiz3D)",
+            category=f"{CATEGORY}/sample",
+            description="Which domain (synthetic render or real photo) each DiT block uses at each step.",
+            inputs=[io.Combo.Input("preset", options=list(PRESETS), default="layer-aware",
+                                   tooltip="real / synthetic everywhere; layer-aware: synthetic in the first "
+                                           "k_layers blocks; step-switch: synthetic before switch_fraction of the "
+                                           "steps; custom: grid_json."),
+                    io.Int.Input("k_layers", default=8, min=0, max=128,
+                                 tooltip="layer-aware: blocks (double first, then single) kept synthetic."),
+                    io.Float.Input("switch_fraction", default=0.3, min=0.0, max=1.0, step=0.05,
+                                   tooltip="step-switch: share of the steps run synthetic."),
+                    io.String.Input("grid_json", default="", multiline=True,
+                                    tooltip='custom: ["synthetic", "real", ...] with one entry per block, or a '
+                                            'list of such lists, one per step.')],
+            outputs=[ScheduleType.Output(display_name="schedule")])
+
+    @classmethod
+    def execute(cls, preset, k_layers, switch_fraction, grid_json) -> io.NodeOutput:
+        params = dict(preset=preset, k_layers=k_layers, switch_fraction=switch_fraction, grid_json=grid_json)
+        make_schedule(**params)         # syntax checked now; blocks and steps when sampling
+        return io.NodeOutput(params)
+
+
+class LoadControlLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = folder_paths.get_filename_list("loras") or [""]
+        return io.Schema(
+            node_id=f"{PREFIX}LoadControlLoRA", display_name="Load Control LoRA (Realiz3D)",
+            category=f"{CATEGORY}/model",
+            description="A geometry-control LoRA (diffusers layout) from models/loras, applied only to the "
+                        "control branches; the base model is unchanged for other nodes.",
+            inputs=[FluxType.Input("model", tooltip="The Flux model the LoRA was trained for."),
+                    io.Combo.Input("lora", options=files, default=files[0], tooltip="Control LoRA file.")],
+            outputs=[ControlType.Output(display_name="control")])
+
+    @classmethod
+    def execute(cls, model, lora) -> io.NodeOutput:
+        flux = require_model(model)
+        adapter = attach_lora(flux.pipeline.transformer, model_path("loras", lora, "lora"), "control", "lora")
+        return io.NodeOutput({"model": flux, "adapter": adapter})
+
+
+class Realiz3DSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}Sample", display_name="Realiz3D Sample (Realiz3D)",
+            category=f"{CATEGORY}/sample",
+            description="Text-to-image under aligned geometry controls, with domain shifters and a schedule.",
+            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
+                    io.String.Input("prompt", multiline=True, default="a photo of a chair",
+                                    tooltip="What the image shows."),
+                    io.Image.Input("control_images", optional=True,
+                                   tooltip="Geometry maps (normal, point map, depth) of the output's size."),
+                    io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Output width."),
+                    io.Int.Input("height", default=512, min=16, max=4096, step=16, tooltip="Output height."),
+                    io.Int.Input("batch", default=1, min=1, max=16, tooltip="Images per prompt."),
+                    *_sampling_inputs()],
+            outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def execute(cls, model, prompt, width, height, batch, steps, guidance, seed, control_images=None,
+                control=None, shifter=None, schedule=None) -> io.NodeOutput:
+        flux = require_model(model)
+        s = Realiz3DSettings(steps=steps, guidance=guidance, width=width, height=height, batch=batch, seed=seed)
+        image = sample_realiz3d(flux.pipeline, prompt, control_images, s, _adapters(control, flux), shifter,
+                                _schedule(schedule, flux, steps), progress(steps), flux.offload)
+        return io.NodeOutput(image)
+
+
+class MultiviewGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}MultiviewGenerate", display_name="Multiview Generate (Realiz3D)",
+            category=f"{CATEGORY}/sample",
+            description="Views of a mesh generated jointly as one grid image under the grid of its geometry "
+                        "maps, then split into views that keep their cameras (for Bake Texture).",
+            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
+                    MeshType.Input("mesh", tooltip="From Load Mesh (normalised)."),
+                    CamerasType.Input("cameras", tooltip="From Camera Rig: one view per camera."),
+                    io.String.Input("prompt", multiline=True, default="a photo of the object, studio light",
+                                    tooltip="What the views show."),
+                    io.Combo.Input("control_map", options=list(CONTROL_KINDS), default="normal",
+                                   tooltip="Geometry map used as control: camera-frame normals, point map, depth."),
+                    io.Int.Input("view_size", default=256, min=16, max=2048, step=16,
+                                 tooltip="Size of each view in pixels (multiple of 16)."),
+                    io.Int.Input("columns", default=2, min=1, max=8, tooltip="Views per grid row."),
+                    *_sampling_inputs()],
+            outputs=[io.Image.Output(display_name="views"), ViewsType.Output(display_name="generated")])
+
+    @classmethod
+    def execute(cls, model, mesh, cameras, prompt, control_map, view_size, columns, steps, guidance, seed,
+                control=None, shifter=None, schedule=None) -> io.NodeOutput:
+        flux = require_model(model)
+        s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
+        views, _ = generate_multiview(flux.pipeline, mesh, cameras, prompt, s, view_size, columns, control_map,
+                                      _adapters(control, flux), shifter, _schedule(schedule, flux, steps),
+                                      progress(steps), flux.offload)
+        return io.NodeOutput(views, GeneratedViews(views, list(cameras), mesh))
