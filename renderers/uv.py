@@ -1,0 +1,169 @@
+"""Texture atlases: checking a mesh's UVs, unwrapping with xatlas, and rasterising faces into
+texel space (which face, and where on it, each texel centre lies).
+
+UVs follow the OpenGL convention of the rest of the renderer (v = 0 at the bottom of the
+texture, texture row 0 at the top; CONVENTIONS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+
+#: a UV layout is unusable for baking when more than this fraction of its area is degenerate or
+#: overlapping (mirrored/stacked islands would receive several surfaces' colours at once)
+MAX_BAD_FRACTION = 0.01
+
+
+@dataclass
+class Atlas:
+    """Geometry with one UV layout for a single texture.
+
+    vertices float64 [N, 3]; faces int64 [M, 3] (same order and count as the input faces);
+    uv float32 [N, 2]; source_vertex int64 [N]: the input vertex each vertex was split from.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray
+    source_vertex: np.ndarray
+    unwrapped: bool
+    note: str = ""
+
+
+@dataclass
+class TexelMap:
+    """Faces rasterised into a size x size texture: face int32 [size, size] (-1 where no face
+    covers the texel centre), bary float32 [size, size, 3], overlap: fraction of covered texels
+    that more than one face covers."""
+
+    face: np.ndarray
+    bary: np.ndarray
+    overlap: float
+
+    @property
+    def covered(self) -> np.ndarray:
+        return self.face >= 0
+
+
+def uv_problem(uv: Optional[np.ndarray], faces: np.ndarray, check_size: int = 256) -> str:
+    """Why ``uv`` cannot carry a baked texture ('' when it can): missing, non-finite, outside
+    [0, 1] (tiling), mostly degenerate triangles, or overlapping islands."""
+    if uv is None:
+        return "the mesh has no UV coordinates"
+    if not np.isfinite(uv).all():
+        return "its UV coordinates contain NaN or infinite values"
+    if uv.min() < -1e-3 or uv.max() > 1 + 1e-3:
+        return (f"its UVs span {uv.min():.2f}..{uv.max():.2f}, outside [0, 1] (a tiling layout cannot hold one "
+                "texture per surface point)")
+    tri = uv[faces].astype(np.float64)
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    degenerate = area <= 1e-12
+    if degenerate.mean() > MAX_BAD_FRACTION:
+        return f"{degenerate.mean():.0%} of its UV triangles have zero area (degenerate UVs)"
+    overlap = rasterize(uv, faces, check_size).overlap
+    if overlap > MAX_BAD_FRACTION:
+        return f"{overlap:.0%} of its UV area is covered by more than one triangle (overlapping or mirrored UVs)"
+    return ""
+
+
+def make_atlas(vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray], uv_mode: str = "auto",
+               texture_size: int = 1024, padding: int = 4) -> Atlas:
+    """One UV layout for ``vertices``/``faces``.
+
+    uv_mode 'auto': keep ``uv`` when usable, otherwise unwrap (the repair is said in ``note``);
+    'keep': keep ``uv`` or fail with the reason; 'unwrap': always unwrap with xatlas.
+    """
+    if uv_mode not in UV_MODES:
+        raise InputError("uv_mode", f"must be one of {UV_MODES} (got {uv_mode!r}).")
+    if uv_mode != "unwrap":
+        problem = uv_problem(uv, faces)
+        if not problem:
+            return Atlas(vertices, faces, uv.astype(np.float32), np.arange(len(vertices)), False)
+        if uv_mode == "keep":
+            raise InputError("uv_mode", f"'keep' cannot bake into this mesh: {problem}. Use 'auto' or 'unwrap' "
+                                        "to give it a new UV layout.")
+        note = f"UVs unwrapped with xatlas: {problem}."
+    else:
+        note = "UVs unwrapped with xatlas (uv_mode 'unwrap')."
+    return unwrap(vertices, faces, texture_size, padding, note)
+
+
+UV_MODES = ("auto", "keep", "unwrap")
+
+
+def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int, note: str = "") -> Atlas:
+    """xatlas charts packed into one atlas for a texture of ``texture_size`` texels, with
+    ``padding`` texels between charts. Face order is kept; seam vertices are split."""
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = int(texture_size)
+    pack.padding = int(padding)
+    pack.bilinear = True
+    atlas.generate(pack_options=pack)
+    vmapping, indices, uvs = atlas[0]
+    if len(indices) != len(faces):
+        raise InputError("mesh", f"UV unwrapping returned {len(indices)} faces for {len(faces)}; the mesh may be "
+                                 "non-manifold in a way xatlas cannot chart. Repair the mesh or give it UVs.")
+    vmapping = vmapping.astype(np.int64)
+    return Atlas(vertices[vmapping], indices.astype(np.int64), uvs.astype(np.float32), vmapping, True, note)
+
+
+def rasterize(uv: np.ndarray, faces: np.ndarray, size: int) -> TexelMap:
+    """Which face covers each texel centre, and its barycentric coordinates there.
+
+    Vectorised scanline: for every (face, texel row) pair the covered span of texel centres is
+    found from the edge crossings of the row's centre line, then the spans are expanded to texels.
+    Work is proportional to the covered area, not to the faces' bounding boxes.
+    """
+    face_map = np.full((size, size), -1, np.int32)
+    bary_map = np.zeros((size, size, 3), np.float32)
+    x = uv[faces, 0].astype(np.float64) * size              # [M, 3] texel units, column axis
+    y = (1.0 - uv[faces, 1].astype(np.float64)) * size      # row axis, row 0 at the top
+    det = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    ok = np.flatnonzero(np.abs(det) > 1e-12)
+    if not len(ok):
+        return TexelMap(face_map, bary_map, 0.0)
+    x, y, det = x[ok], y[ok], det[ok]
+    r0 = np.clip(np.ceil(y.min(1) - 0.5), 0, size).astype(np.int64)
+    r1 = np.clip(np.floor(y.max(1) - 0.5), -1, size - 1).astype(np.int64)
+    n_rows = np.maximum(r1 - r0 + 1, 0)
+    tri = np.repeat(np.arange(len(ok)), n_rows)
+    row = r0[tri] + np.arange(len(tri)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+    yc = row + 0.5
+    lo = np.full(len(tri), np.inf)
+    hi = np.full(len(tri), -np.inf)
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        xa, ya, xb, yb = x[tri, a], y[tri, a], x[tri, b], y[tri, b]
+        crosses = ((ya - yc) * (yb - yc) <= 0) & (ya != yb)
+        xs = xa + (yc - ya) * (xb - xa) / np.where(ya != yb, yb - ya, 1.0)
+        lo = np.where(crosses, np.minimum(lo, xs), lo)
+        hi = np.where(crosses, np.maximum(hi, xs), hi)
+    c0 = np.clip(np.ceil(lo - 0.5), 0, size).astype(np.int64)
+    c1 = np.clip(np.floor(hi - 0.5), -1, size - 1).astype(np.int64)
+    n_cols = np.maximum(c1 - c0 + 1, 0)
+    pair = np.repeat(np.arange(len(tri)), n_cols)
+    col = c0[pair] + np.arange(len(pair)) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
+    t = tri[pair]
+    row = row[pair]
+    px, py = col + 0.5, row + 0.5
+    # barycentrics from the 2x2 edge system, in float64 then stored in float32
+    dx, dy = px - x[t, 0], py - y[t, 0]
+    b1 = (dx * (y[t, 2] - y[t, 0]) - dy * (x[t, 2] - x[t, 0])) / det[t]
+    b2 = (dy * (x[t, 1] - x[t, 0]) - dx * (y[t, 1] - y[t, 0])) / det[t]
+    bary = np.clip(np.stack([1.0 - b1 - b2, b1, b2], axis=1), 0.0, 1.0)
+    bary /= bary.sum(axis=1, keepdims=True)
+    flat = row * size + col
+    counts = np.bincount(flat, minlength=size * size)
+    covered = np.count_nonzero(counts)
+    overlap = float(np.count_nonzero(counts > 1)) / covered if covered else 0.0
+    face_map.reshape(-1)[flat] = ok[t]
+    bary_map.reshape(-1, 3)[flat] = bary
+    return TexelMap(face_map, bary_map, overlap)
