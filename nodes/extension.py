@@ -18,6 +18,7 @@ NODE_MODULES = {
     "refany3d_nodes": ["LoadRefAny3D", "RefAny3DSample"],
     "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "LoadControlLoRA", "Realiz3DSample",
                        "MultiviewGenerate"],
+    "texture_nodes": ["BakeTexture", "SaveTexturedMesh"],
 }
 
 

@@ -104,3 +104,94 @@ def test_bad_shifters_and_schedules(server, models, node, inputs, name, phrase):
     assert name in msg and phrase in msg, msg
     ok = server.run(workflow(seed=10))
     assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+def texturing(**bake):
+    wf = load_workflow("api/texture_mesh.json")
+    wf["6"]["inputs"]["k_layers"] = 2
+    wf["7"]["inputs"].update(FAST)
+    wf["9"]["inputs"].update({"texture_size": "512", **bake})
+    wf["12"]["inputs"].update(width=32, height=32)
+    return wf
+
+
+def test_texturing_template_with_the_tiny_model(server, models):
+    from realiz3d.renderers import load_mesh, normalize
+    from realiz3d.renderers.sample_mesh import write_sample_mesh
+
+    h = server.run(texturing())
+    assert h["status"]["status_str"] == "success", error_message(h)
+    files = server.output_files(h)
+    glb = [p for p in files if p.endswith(".glb")]
+    views = sorted(p for p in files if "texturing_views_" in p)
+    renders = sorted(p for p in files if "textured_render_" in p)
+    texture_png = [p for p in files if "/texture_" in p]
+    assert len(glb) == 1 and len(views) == 8 and len(renders) == 8 and len(texture_png) == 1
+    mesh = load_mesh(glb[0])
+    texture = mesh.parts[0].texture
+    assert len(mesh.parts) == 1 and texture.shape[:2] == (512, 512)
+    assert np.array_equal(texture[..., :3], np.asarray(Image.open(texture_png[0]))[..., :3])
+    assert texture[..., :3].std() > 1.0                               # the generated colours, not a flat fill
+    ref = os.path.join(server.base, "ref.glb")
+    write_sample_mesh(ref)
+    np.testing.assert_allclose(mesh.bounds, load_mesh(ref).bounds, atol=1e-4)   # back in the asset's frame
+    # the textured mesh, rendered from each generated view's camera, looks like that view more than
+    # like the opposite view (the texture carries the views to their places on the surface)
+    v = [np.asarray(Image.open(p)).astype(float) for p in views]
+    r = [np.asarray(Image.open(p)).astype(float) for p in renders]
+    fg = [np.any(x < 250, axis=-1) for x in r]
+    own = [np.abs(r[k] - v[k])[fg[k]].mean() for k in range(8)]
+    opposite = [np.abs(r[k] - v[(k + 4) % 8])[fg[k]].mean() for k in range(8)]
+    assert sum(o < p for o, p in zip(own, opposite)) >= 6, (own, opposite)
+    assert normalize(mesh).num_faces == normalize(load_mesh(ref)).num_faces
+
+
+@pytest.mark.parametrize("change,name,phrase", [
+    ({"10": {"filename_prefix": "../../escape"}}, "filename_prefix", "leaves ComfyUI's output folder"),
+    ({"10": {"filename_prefix": "/tmp/abs"}}, "filename_prefix", "leaves ComfyUI's output folder"),
+    ({"9": {"uv_mode": "keep"}}, "uv_mode", "'keep' needs a single-part mesh"),
+])
+def test_texturing_bad_input(server, models, change, name, phrase):
+    def files():
+        return {os.path.join(d, f) for d, _, fs in os.walk(server.base) for f in fs}
+
+    wf = texturing()
+    for node, inputs in change.items():
+        wf[node]["inputs"].update(inputs)
+    before = files()
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error"
+    msg = error_message(h)
+    assert name in msg and phrase in msg, msg
+    new = files() - before
+    assert not [p for p in new if p.endswith(".glb") or ".tmp" in p], new
+    assert not os.path.exists("/tmp/abs_00001_.glb")
+    ok = server.run(texturing())
+    assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+def test_fewer_views_than_cameras(server, models):
+    rig = {"class_type": "Realiz3DCameraRig", "inputs": {"preset": "orbit", "num_views": 6, "elevation": 20.0,
+           "radius": 3.2, "fov": 45.0, "start_azimuth": 0.0, "projection": "perspective", "ortho_height": 2.4,
+           "poses_json": "[]"}}
+    wf = {
+        "1": {"class_type": "Realiz3DLoadMesh", "inputs": {"normalize": True, "mesh_file": "(bundled) sample_mesh.glb"}},
+        "2": dict(rig, inputs=dict(rig["inputs"], num_views=4)),
+        "3": {"class_type": "Realiz3DRenderViews", "inputs": {"mesh": ["1", 0], "cameras": ["2", 0], "width": 32,
+              "height": 32, "rgb": "unlit albedo", "ambient": 0.3, "normal_frame": "world", "smooth_normals": True,
+              "background": 1.0, "backend": "auto"}},
+        "4": rig,
+        "5": {"class_type": "Realiz3DBakeTexture", "inputs": {"mesh": ["1", 0], "cameras": ["4", 0],
+              "images": ["3", 0], "texture_size": "512", "fill": "nearest", "uv_mode": "auto", "cos_power": 2.0,
+              "min_cos": 0.2, "depth_tolerance": 0.01, "backend": "auto"}},
+        "6": {"class_type": "Realiz3DSaveTexturedMesh", "inputs": {"mesh": ["5", 0], "filename_prefix": "few/views"}},
+    }
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error"
+    msg = error_message(h)
+    assert "images" in msg and "fewer views than cameras" in msg, msg
+    assert not os.path.exists(os.path.join(server.base, "output", "few"))
+    wf["5"]["inputs"]["cameras"] = ["2", 0]                 # the matching cameras: bakes and saves
+    ok = server.run(wf)
+    assert ok["status"]["status_str"] == "success", error_message(ok)
+    assert [p for p in server.output_files(ok) if p.endswith(".glb")]

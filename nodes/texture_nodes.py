@@ -1,0 +1,122 @@
+"""Bake Texture and Save Textured Mesh."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..renderers import BACKENDS
+from ..renderers.bake import FILLS, BakeSettings, bake_texture
+from ..renderers.errors import InputError
+from ..renderers.mesh_export import write_glb
+from ..renderers.uv import UV_MODES
+from .common import CATEGORY, PREFIX, CamerasType, MeshType, ViewsType, progress
+
+TEXTURE_SIZES = ["512", "1024", "2048", "4096"]
+
+
+class BakeTexture(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}BakeTexture", display_name="Bake Texture (Realiz3D)",
+            category=f"{CATEGORY}/texture",
+            description="Back-projects views of a mesh into a texture atlas: each texel takes the views that see "
+                        "it (visibility and depth test), weighted by cos(incidence)^k; what no view saw is "
+                        "filled. Meshes without usable UVs are unwrapped with xatlas.",
+            inputs=[
+                ViewsType.Input("generated", optional=True,
+                                tooltip="Views with their cameras and mesh, from Multiview Generate."),
+                MeshType.Input("mesh", optional=True,
+                               tooltip="Instead of 'generated': the mesh the images show (as rendered, "
+                                       "same normalisation)."),
+                CamerasType.Input("cameras", optional=True,
+                                  tooltip="Instead of 'generated': the camera of each image, in order."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Instead of 'generated': one image per camera."),
+                io.Combo.Input("texture_size", options=TEXTURE_SIZES, default="1024",
+                               tooltip="Texels per side of the baked texture."),
+                io.Combo.Input("fill", options=list(FILLS), default="pull-push",
+                               tooltip="Texels no view saw: pull-push (smooth colours from the surroundings) "
+                                       "or nearest (the nearest seen texel's colour)."),
+                io.Combo.Input("uv_mode", options=list(UV_MODES), default="auto",
+                               tooltip="auto: keep the mesh's UVs when they can hold one texture (one part, "
+                                       "inside [0, 1], no overlaps or degenerate triangles), else unwrap with "
+                                       "xatlas. keep: the mesh's UVs or an error. unwrap: always new UVs."),
+                io.Float.Input("cos_power", default=2.0, min=0.0, max=64.0, step=0.5,
+                               tooltip="Views are weighted by cos(incidence)^k: larger k favours the views that "
+                                       "face a surface head-on."),
+                io.Float.Input("min_cos", default=0.2, min=0.0, max=0.99, step=0.05,
+                               tooltip="Views seeing a surface more obliquely than this cosine are ignored there."),
+                io.Float.Input("depth_tolerance", default=0.01, min=0.0001, max=1.0, step=0.001,
+                               tooltip="Visibility test: how far (as a fraction of the mesh's bounding-box "
+                                       "diagonal) a texel may be from the surface a view shows."),
+                io.Combo.Input("backend", options=list(BACKENDS), default="auto",
+                               tooltip="Visibility rendering: pyrender (OpenGL), raycast (Embree), auto."),
+            ],
+            outputs=[MeshType.Output(display_name="textured_mesh"), io.Image.Output(display_name="texture"),
+                     io.Mask.Output(display_name="seen")],
+        )
+
+    @classmethod
+    def execute(cls, texture_size, fill, uv_mode, cos_power, min_cos, depth_tolerance, backend, generated=None,
+                mesh=None, cameras=None, images=None) -> io.NodeOutput:
+        if generated is not None:
+            mesh, cameras, images = generated.mesh, generated.cameras, generated.views
+        else:
+            for name, value in (("mesh", mesh), ("cameras", cameras), ("images", images)):
+                if value is None:
+                    raise InputError(name, "connect 'generated' (Multiview Generate), or all of mesh, cameras "
+                                           "and images.")
+        if str(texture_size) not in TEXTURE_SIZES:
+            raise InputError("texture_size", f"must be one of {TEXTURE_SIZES} (got {texture_size!r}).")
+        settings = BakeSettings(texture_size=int(texture_size), cos_power=cos_power, min_cos=min_cos,
+                                depth_tolerance=depth_tolerance, fill=fill, uv_mode=uv_mode, backend=backend)
+        views = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else images
+        try:
+            result = bake_texture(mesh, views, list(cameras), settings, progress(len(cameras) + 1))
+        except InputError as exc:
+            if exc.input_name == "views" and generated is None:
+                raise InputError("images", str(exc).split(": ", 1)[1]) from exc
+            raise
+        texture = torch.from_numpy(result.texture[..., :3]).float()[None] / 255.0
+        seen = torch.from_numpy(result.seen).float()[None]
+        return io.NodeOutput(result.mesh, texture, seen)
+
+
+class SaveTexturedMesh(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}SaveTexturedMesh", display_name="Save Textured Mesh (Realiz3D)",
+            category=f"{CATEGORY}/texture",
+            description="Writes a mesh (e.g. from Bake Texture) as a binary glTF (.glb) into ComfyUI's output "
+                        "folder, in the asset's own frame, and shows it in the 3D preview where the host "
+                        "offers it.",
+            inputs=[
+                MeshType.Input("mesh", tooltip="Textured mesh from Bake Texture (or any mesh from Load Mesh)."),
+                io.String.Input("filename_prefix", default="realiz3d/textured",
+                                tooltip="Output name under ComfyUI's output folder; subfolders allowed, leaving "
+                                        "the output folder is not."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, mesh, filename_prefix) -> io.NodeOutput:
+        out_dir = folder_paths.get_output_directory()
+        if not filename_prefix or os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):
+            raise InputError("filename_prefix", f"'{filename_prefix}' leaves ComfyUI's output folder (absolute or "
+                                                "'..'); use a relative name such as 'realiz3d/textured'.")
+        try:
+            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        except Exception as exc:
+            raise InputError("filename_prefix", f"'{filename_prefix}' leaves ComfyUI's output folder; use a "
+                                                "relative name such as 'realiz3d/textured'.") from exc
+        os.makedirs(folder, exist_ok=True)
+        filename = f"{name}_{counter:05}_.glb"
+        write_glb(mesh, os.path.join(folder, filename))
+        return io.NodeOutput(ui={"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
