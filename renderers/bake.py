@@ -117,7 +117,8 @@ def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings:
             raise InputError("uv_mode", f"'keep' needs a single-part mesh; this one has {len(mesh.parts)} parts, each "
                                         "with its own UVs and material. Use 'auto' or 'unwrap' to bake into one atlas.")
         notes.append(f"The mesh's {len(mesh.parts)} parts are baked into one texture atlas.")
-    atlas = make_atlas(mesh.vertices, mesh.faces, uv, s.uv_mode, size, s.padding)
+    poll = (lambda: progress(0, total)) if progress is not None else None
+    atlas = make_atlas(mesh.vertices, mesh.faces, uv, s.uv_mode, size, s.padding, poll)
     if atlas.note:
         notes.append(atlas.note)
     texels = rasterize(atlas.uv, atlas.faces, size)

@@ -7,7 +7,8 @@ texture, texture row 0 at the top; CONVENTIONS.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+import os
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -72,11 +73,12 @@ def uv_problem(uv: Optional[np.ndarray], faces: np.ndarray, check_size: int = 25
 
 
 def make_atlas(vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray], uv_mode: str = "auto",
-               texture_size: int = 1024, padding: int = 4) -> Atlas:
+               texture_size: int = 1024, padding: int = 4, poll: Optional[Callable[[], None]] = None) -> Atlas:
     """One UV layout for ``vertices``/``faces``.
 
     uv_mode 'auto': keep ``uv`` when usable, otherwise unwrap (the repair is said in ``note``);
-    'keep': keep ``uv`` or fail with the reason; 'unwrap': always unwrap with xatlas.
+    'keep': keep ``uv`` or fail with the reason; 'unwrap': always unwrap. ``poll`` is called
+    about every 0.2 s while unwrapping; it may raise to cancel.
     """
     if uv_mode not in UV_MODES:
         raise InputError("uv_mode", f"must be one of {UV_MODES} (got {uv_mode!r}).")
@@ -87,33 +89,113 @@ def make_atlas(vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray]
         if uv_mode == "keep":
             raise InputError("uv_mode", f"'keep' cannot bake into this mesh: {problem}. Use 'auto' or 'unwrap' "
                                         "to give it a new UV layout.")
-        note = f"UVs unwrapped with xatlas: {problem}."
+        reason = problem
     else:
-        note = "UVs unwrapped with xatlas (uv_mode 'unwrap')."
-    return unwrap(vertices, faces, texture_size, padding, note)
+        reason = "uv_mode 'unwrap'"
+    return unwrap(vertices, faces, texture_size, padding, reason, poll=poll)
 
 
 UV_MODES = ("auto", "keep", "unwrap")
 
+#: xatlas runs in a child process: it crashes (segfaults) on some meshes, and a crash there must
+#: not take the host down. The child needs only numpy and xatlas.
+_XATLAS_CHILD = r"""
+import sys
+import numpy as np
+import xatlas
+d = np.load(sys.argv[1])
+atlas = xatlas.Atlas()
+atlas.add_mesh(d["v"], d["f"])
+pack = xatlas.PackOptions()
+pack.resolution = int(sys.argv[3])
+pack.padding = int(sys.argv[4])
+pack.bilinear = True
+atlas.generate(pack_options=pack)
+vmapping, indices, uvs = atlas[0]
+np.savez(sys.argv[2], vmapping=vmapping, indices=indices, uvs=uvs)
+"""
 
-def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int, note: str = "") -> Atlas:
+
+def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int, reason: str = "",
+           timeout: float = 600.0, poll: Optional[Callable[[], None]] = None) -> Atlas:
     """xatlas charts packed into one atlas for a texture of ``texture_size`` texels, with
-    ``padding`` texels between charts. Face order is kept; seam vertices are split."""
-    import xatlas
+    ``padding`` texels between charts; face order is kept, seam vertices are split. When xatlas
+    fails (it crashes on some meshes) or exceeds ``timeout`` seconds, every triangle gets a cell
+    of its own in a grid (:func:`grid_unwrap`), and the note says so."""
+    try:
+        vmapping, indices, uvs = _xatlas(vertices, faces, texture_size, padding, timeout, poll)
+        if len(indices) != len(faces):
+            raise RuntimeError(f"it returned {len(indices)} faces for {len(faces)}")
+    except _XatlasFailed as exc:
+        atlas = grid_unwrap(vertices, faces, texture_size, padding)
+        atlas.note = (f"UVs made by the per-triangle grid layout ({reason}; xatlas could not chart this mesh: "
+                      f"{exc}). Every triangle is its own island, so seams show at triangle edges.")
+        return atlas
+    except RuntimeError as exc:
+        atlas = grid_unwrap(vertices, faces, texture_size, padding)
+        atlas.note = f"UVs made by the per-triangle grid layout ({reason}; xatlas: {exc})."
+        return atlas
+    return Atlas(vertices[vmapping], indices, uvs, vmapping, True, f"UVs unwrapped with xatlas: {reason}.")
 
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
-    pack = xatlas.PackOptions()
-    pack.resolution = int(texture_size)
-    pack.padding = int(padding)
-    pack.bilinear = True
-    atlas.generate(pack_options=pack)
-    vmapping, indices, uvs = atlas[0]
-    if len(indices) != len(faces):
-        raise InputError("mesh", f"UV unwrapping returned {len(indices)} faces for {len(faces)}; the mesh may be "
-                                 "non-manifold in a way xatlas cannot chart. Repair the mesh or give it UVs.")
-    vmapping = vmapping.astype(np.int64)
-    return Atlas(vertices[vmapping], indices.astype(np.int64), uvs.astype(np.float32), vmapping, True, note)
+
+class _XatlasFailed(RuntimeError):
+    pass
+
+
+def _xatlas(vertices, faces, texture_size, padding, timeout, poll):
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="realiz3d_uv_") as tmp:
+        src, dst = os.path.join(tmp, "mesh.npz"), os.path.join(tmp, "atlas.npz")
+        np.savez(src, v=np.ascontiguousarray(vertices, np.float32), f=np.ascontiguousarray(faces, np.uint32))
+        proc = subprocess.Popen([sys.executable, "-c", _XATLAS_CHILD, src, dst, str(int(texture_size)),
+                                 str(int(padding))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start = time.monotonic()
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - start > timeout:
+                    raise _XatlasFailed(f"no result within {timeout:.0f} s")
+                if poll is not None:
+                    poll()
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        proc.stderr.close()
+        if proc.returncode != 0:
+            what = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+            raise _XatlasFailed(f"{what}{': ' + err[-1] if err else ''}")
+        d = np.load(dst)
+        return d["vmapping"].astype(np.int64), d["indices"].astype(np.int64), d["uvs"].astype(np.float32)
+
+
+def grid_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int) -> Atlas:
+    """A layout that always exists: the texture is cut into square cells, each holding two
+    triangles (one in the lower-left half, one in the upper-right half, ``padding`` texels apart
+    and from the cell border). Shapes are distorted, coverage is complete, nothing overlaps."""
+    m = len(faces)
+    cells = int(np.ceil(np.sqrt((m + 1) // 2)))
+    cell = 1.0 / cells
+    gap = min(padding / texture_size, 0.2 * cell)
+    k = np.arange(m)
+    slot, upper = k // 2, (k % 2).astype(bool)
+    col, row = slot % cells, slot // cells
+    x0, y0 = col * cell, 1.0 - (row + 1) * cell            # the cell's lower-left corner in UV (v up)
+    lo, hi = gap, cell - gap * (1 + np.sqrt(2))            # a right triangle inside half a cell
+    tri = np.empty((m, 3, 2), np.float64)
+    tri[:, 0] = np.stack([x0 + lo, y0 + lo], 1)
+    tri[:, 1] = np.stack([x0 + hi, y0 + lo], 1)
+    tri[:, 2] = np.stack([x0 + lo, y0 + hi], 1)
+    far = np.stack([x0 + cell, y0 + cell], 1)[:, None, :]
+    tri[upper] = far[upper] - (tri[upper] - np.stack([x0, y0], 1)[upper][:, None, :])   # point-mirrored
+    uv = tri.reshape(-1, 2).astype(np.float32)
+    source = faces.reshape(-1).astype(np.int64)
+    return Atlas(vertices[source], np.arange(3 * m, dtype=np.int64).reshape(m, 3), uv, source, True)
 
 
 def rasterize(uv: np.ndarray, faces: np.ndarray, size: int) -> TexelMap:
