@@ -1,6 +1,7 @@
 """Bake Texture and Save Textured Mesh."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -14,6 +15,7 @@ from ..renderers.mesh_export import write_glb
 from ..renderers.uv import UV_MODES
 from .common import CATEGORY, PREFIX, CamerasType, MeshType, ViewsType, progress
 
+log = logging.getLogger(__name__)
 TEXTURE_SIZES = ["512", "1024", "2048", "4096"]
 
 
@@ -57,7 +59,9 @@ class BakeTexture(io.ComfyNode):
                                tooltip="Visibility rendering: pyrender (OpenGL), raycast (Embree), auto."),
             ],
             outputs=[MeshType.Output(display_name="textured_mesh"), io.Image.Output(display_name="texture"),
-                     io.Mask.Output(display_name="seen")],
+                     io.Mask.Output(display_name="seen"),
+                     io.String.Output(display_name="notes", tooltip="Repairs made (UV unwrapping, parts merged) "
+                                                                      "and the share of texels the views saw.")],
         )
 
     @classmethod
@@ -83,7 +87,11 @@ class BakeTexture(io.ComfyNode):
             raise
         texture = torch.from_numpy(result.texture[..., :3]).float()[None] / 255.0
         seen = torch.from_numpy(result.seen).float()[None]
-        return io.NodeOutput(result.mesh, texture, seen)
+        notes = result.notes + [f"{result.coverage:.1%} of the texture's islands seen by a view; the rest filled "
+                                f"({fill})."]
+        for note in notes:
+            log.info("Bake Texture: %s", note)
+        return io.NodeOutput(result.mesh, texture, seen, "\n".join(notes))
 
 
 class SaveTexturedMesh(io.ComfyNode):
