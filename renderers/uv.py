@@ -231,21 +231,27 @@ def rasterize(uv: np.ndarray, faces: np.ndarray, size: int) -> TexelMap:
     c0 = np.clip(np.ceil(lo - 0.5), 0, size).astype(np.int64)
     c1 = np.clip(np.floor(hi - 0.5), -1, size - 1).astype(np.int64)
     n_cols = np.maximum(c1 - c0 + 1, 0)
-    pair = np.repeat(np.arange(len(tri)), n_cols)
-    col = c0[pair] + np.arange(len(pair)) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
-    t = tri[pair]
-    row = row[pair]
-    px, py = col + 0.5, row + 0.5
-    # barycentrics from the 2x2 edge system, in float64 then stored in float32
-    dx, dy = px - x[t, 0], py - y[t, 0]
-    b1 = (dx * (y[t, 2] - y[t, 0]) - dy * (x[t, 2] - x[t, 0])) / det[t]
-    b2 = (dy * (x[t, 1] - x[t, 0]) - dx * (y[t, 1] - y[t, 0])) / det[t]
-    bary = np.clip(np.stack([1.0 - b1 - b2, b1, b2], axis=1), 0.0, 1.0)
+    # barycentrics are affine along a row: their value at each span's first texel (float64, per
+    # (face, row) pair) plus a per-face step per column, expanded to texels in float32
+    t = tri
+    x0, y0 = x[t, 0], y[t, 0]
+    d1x, d1y = (y[t, 2] - y0) / det[t], -(x[t, 2] - x0) / det[t]      # d b1 / d px, d b1 / d py
+    d2x, d2y = -(y[t, 1] - y0) / det[t], (x[t, 1] - x0) / det[t]
+    sx, sy = c0 + 0.5 - x0, yc - y0
+    start = np.stack([sx * d1x + sy * d1y, sx * d2x + sy * d2y], 1).astype(np.float32)
+    step = np.stack([d1x, d2x], 1).astype(np.float32)
+    pair = np.repeat(np.arange(len(tri), dtype=np.int64), n_cols)
+    offset = np.arange(len(pair), dtype=np.int64) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
+    b12 = start[pair] + offset[:, None].astype(np.float32) * step[pair]
+    bary = np.empty((len(pair), 3), np.float32)
+    bary[:, 1:] = b12
+    bary[:, 0] = 1.0 - b12[:, 0] - b12[:, 1]
+    np.clip(bary, 0.0, 1.0, out=bary)
     bary /= bary.sum(axis=1, keepdims=True)
-    flat = row * size + col
+    flat = (row * size + c0)[pair] + offset
     counts = np.bincount(flat, minlength=size * size)
     covered = np.count_nonzero(counts)
     overlap = float(np.count_nonzero(counts > 1)) / covered if covered else 0.0
-    face_map.reshape(-1)[flat] = ok[t]
+    face_map.reshape(-1)[flat] = ok[tri][pair]
     bary_map.reshape(-1, 3)[flat] = bary
     return TexelMap(face_map, bary_map, overlap)
