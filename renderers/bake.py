@@ -10,7 +10,9 @@ texel of the result has a value.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -118,10 +120,9 @@ def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings:
                                         "with its own UVs and material. Use 'auto' or 'unwrap' to bake into one atlas.")
         notes.append(f"The mesh's {len(mesh.parts)} parts are baked into one texture atlas.")
     poll = (lambda: progress(0, total)) if progress is not None else None
-    atlas = make_atlas(mesh.vertices, mesh.faces, uv, s.uv_mode, size, s.padding, poll)
+    atlas, texels = atlas_and_texels(mesh, uv, s, poll)
     if atlas.note:
         notes.append(atlas.note)
-    texels = rasterize(atlas.uv, atlas.faces, size)
     flat = np.flatnonzero(texels.face.reshape(-1) >= 0)
     if not len(flat):
         raise InputError("mesh", "has no UV area to bake into (every UV triangle is degenerate). Use uv_mode "
@@ -185,6 +186,31 @@ def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings:
     rgba[..., :3] = np.clip(texture * 255.0 + 0.5, 0.0, 255.0)
     rgba[..., 3] = 255
     return BakeResult(baked_mesh(mesh, atlas, rgba), rgba, seen, covered, notes)
+
+
+#: the last few (atlas, texel map) pairs: baking new views onto the same mesh (the usual loop of
+#: an artist trying prompts and seeds) skips the unwrap and the UV rasterisation
+_ATLAS_CACHE: "OrderedDict[str, tuple]" = OrderedDict()
+ATLAS_CACHE_SIZE = 2
+
+
+def atlas_and_texels(mesh: Mesh, uv, s: BakeSettings, poll=None):
+    """The mesh's atlas and its texel map at the settings' size, from the cache when the same
+    geometry, UVs and settings were baked recently."""
+    h = hashlib.sha1()
+    for a in (mesh.vertices, mesh.faces, uv):
+        h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+    h.update(f"{s.uv_mode}|{s.texture_size}|{s.padding}".encode())
+    key = h.hexdigest()
+    if key in _ATLAS_CACHE:
+        _ATLAS_CACHE.move_to_end(key)
+        return _ATLAS_CACHE[key]
+    atlas = make_atlas(mesh.vertices, mesh.faces, uv, s.uv_mode, int(s.texture_size), s.padding, poll)
+    entry = (atlas, rasterize(atlas.uv, atlas.faces, int(s.texture_size)))
+    _ATLAS_CACHE[key] = entry
+    while len(_ATLAS_CACHE) > ATLAS_CACHE_SIZE:
+        _ATLAS_CACHE.popitem(last=False)
+    return entry
 
 
 def pixel_depth(cam: Camera, fid: np.ndarray, fn: np.ndarray, plane: np.ndarray) -> np.ndarray:
@@ -319,6 +345,6 @@ def baked_mesh(mesh: Mesh, atlas: Atlas, texture: np.ndarray) -> Mesh:
     vn = [p.vertex_normals for p in mesh.parts]
     if all(n is not None for n in vn):
         normals = np.concatenate(vn)[atlas.source_vertex]
-    part = MeshPart(vertices=atlas.vertices, faces=atlas.faces, uv=atlas.uv, texture=texture,
+    part = MeshPart(vertices=atlas.vertices.copy(), faces=atlas.faces.copy(), uv=atlas.uv.copy(), texture=texture,
                     base_color=np.ones(4, np.float32), vertex_normals=normals, name="baked")
     return Mesh([part], source=mesh.source, center=mesh.center.copy(), scale=mesh.scale)

@@ -182,8 +182,12 @@ def test_points_only_and_vertex_colour_meshes_export(tmp_path):
 def test_xatlas_crash_falls_back_to_the_grid_layout(monkeypatch, rig):
     """xatlas segfaults on some meshes; it runs in a child process, so a crash there becomes a
     documented repair (one grid cell per triangle pair), never a crash of the host."""
+    from collections import OrderedDict
+
+    import realiz3d.renderers.bake as bakemod
     import realiz3d.renderers.uv as uvmod
     monkeypatch.setattr(uvmod, "_XATLAS_CHILD", "import os; os.abort()")
+    monkeypatch.setattr(bakemod, "_ATLAS_CACHE", OrderedDict())
     v, f, uv, _ = box_arrays()
     box = box_mesh(None)
     b = render_views(box_mesh(uv), rig, 128, 128, lit=False)
@@ -221,3 +225,14 @@ def test_progress_per_view_and_cancel(sample, rig, renders):
     with pytest.raises(Cancelled):
         bake_texture(sample, renders.albedo, rig, BakeSettings(texture_size=128), progress)
     assert [c for c in calls if c[0] > 0] == [(1, 9), (2, 9), (3, 9)]
+
+
+def test_a_second_bake_of_the_same_mesh_reuses_its_atlas(sample, rig, renders, monkeypatch):
+    import realiz3d.renderers.bake as bakemod
+    settings = BakeSettings(texture_size=128)
+    first = bake_texture(sample, renders.albedo, rig, settings)
+    calls = []
+    monkeypatch.setattr(bakemod, "make_atlas", lambda *a, **k: calls.append(a))
+    second = bake_texture(sample, renders.albedo[::-1].copy(), rig[::-1], settings)
+    assert calls == [] and np.array_equal(first.mesh.parts[0].uv, second.mesh.parts[0].uv)
+    assert np.abs(first.texture.astype(int) - second.texture.astype(int)).max() <= 1
