@@ -67,7 +67,7 @@ class DomainShifter(nn.Module):
         if self.variant == "bias":
             return x + self.shift(domain).to(x.dtype)[:, None, :]
         g = self.gate(self.embed(domain))[:, None, :]
-        return x + self.right(self.left(x) * g).to(x.dtype)
+        return x + self.right(self.left(x.to(self.left.weight.dtype)) * g).to(x.dtype)
 
 
 class DomainShifters(nn.Module):

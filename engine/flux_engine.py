@@ -7,6 +7,7 @@ transformer is modified, so one cached model serves plain and branched sampling 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -52,20 +53,30 @@ class FluxEngine:
     to branches that carry ``block_domains``. The bias variant is reduced once to a table of
     vectors [blocks, domains, D], so a shift costs one addition. ``trace``, when a list, receives
     (block, branch index, domain) for every shift applied (for tests and debugging).
+    precompute_shifts: False keeps the shifters' own modules in the forward (no table), so the
+    shifts are differentiable: what training the shifters needs.
+    checkpointing: recompute each block's activations in the backward pass instead of keeping
+    them (torch.utils.checkpoint per block): less memory for training, one more forward.
     """
 
     def __init__(self, transformer: nn.Module, domain_embedder: Optional[nn.Module] = None, attention=None,
-                 shifters: Optional[nn.Module] = None, trace: Optional[list] = None):
+                 shifters: Optional[nn.Module] = None, trace: Optional[list] = None, precompute_shifts: bool = True,
+                 checkpointing: bool = False):
         self.transformer = transformer
         self.domain_embedder = domain_embedder
         self.attention = attention or grouped_attention
         self.has_guidance = bool(transformer.config.guidance_embeds)
         self.shifters, self.trace = shifters, trace
         self.shift_table = None
+        self.checkpointing = checkpointing
         if shifters is not None:
             shifters.check_fits(transformer)
-            if shifters.cfg.variant == "bias":
+            if shifters.cfg.variant == "bias" and precompute_shifts:
                 self.shift_table = shifters.precompute().to(self.dtype).to(transformer.x_embedder.weight.device)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -95,28 +106,40 @@ class FluxEngine:
         return self.forward(branches, group_mask, pooled, outputs, kv_cache)
 
     def forward(self, branches: Sequence[Branch], group_mask: Optional[torch.Tensor], pooled: torch.Tensor,
-                outputs: Optional[Sequence[int]] = None, kv_cache: Optional[KVCache] = None) -> dict[int, torch.Tensor]:
+                outputs: Optional[Sequence[int]] = None, kv_cache: Optional[KVCache] = None,
+                frozen_blocks: int = 0) -> dict[int, torch.Tensor]:
         """Run all blocks; return {branch index: output [B, N, out_channels]} for ``outputs``
         (default: every non-text branch). With a filled ``kv_cache`` the cached branches are not
-        computed (their tokens are ignored) and their stored keys and values are used."""
+        computed (their tokens are ignored) and their stored keys and values are used.
+
+        frozen_blocks: the first ``frozen_blocks`` engine blocks (and the shifts before them) run
+        under ``torch.no_grad()``: the backward pass stops at block ``frozen_blocks``, so those
+        blocks' weights and adapters, their shifters and the input embedders get no gradient
+        from this forward and cost no backward time (Realiz3D's layer-aware training)."""
         t = self.transformer
+        if not 0 <= frozen_blocks <= self.num_blocks:
+            raise ValueError(f"frozen_blocks must be within [0, {self.num_blocks}] (got {frozen_blocks})")
         if kv_cache is not None:
             kv_cache.check(group_mask, len(branches))
         skip = kv_cache.branches if kv_cache is not None and kv_cache.filled else set()
-        xs = [None if i in skip else
-              apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
-              for i, b in enumerate(branches)]
+        with torch.no_grad() if frozen_blocks else contextlib.nullcontext():   # only frozen blocks read them
+            xs = [None if i in skip else
+                  apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
+                  for i, b in enumerate(branches)]
         tembs = self._time_embeddings(branches, pooled)
         ropes = [None if i in skip else t.pos_embed(b.ids) for i, b in enumerate(branches)]
-        layer = 0
-        for block in t.transformer_blocks:
-            xs = self._shift(layer, branches, xs)
-            xs = self._double_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
-            layer += 1
-        for block in t.single_transformer_blocks:
-            xs = self._shift(layer, branches, xs)
-            xs = self._single_block(block, branches, xs, tembs, ropes, group_mask, self._kv(kv_cache, layer))
-            layer += 1
+        blocks = ([(self._double_block, b) for b in t.transformer_blocks]
+                  + [(self._single_block, b) for b in t.single_transformer_blocks])
+        for layer, (run, block) in enumerate(blocks):
+            frozen = layer < frozen_blocks
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                xs = self._shift(layer, branches, xs)
+                kv = self._kv(kv_cache, layer)
+                if self.checkpointing and kv is None and not frozen and torch.is_grad_enabled():
+                    from torch.utils.checkpoint import checkpoint
+                    xs = checkpoint(run, block, branches, xs, tembs, ropes, group_mask, None, use_reentrant=False)
+                else:
+                    xs = run(block, branches, xs, tembs, ropes, group_mask, kv)
         if kv_cache is not None:
             kv_cache.filled = True
         wanted = outputs if outputs is not None else [i for i, b in enumerate(branches) if not b.is_text]
