@@ -1,0 +1,61 @@
+"""Trainable LoRA adapters on the Flux transformer and their files in diffusers' key layout.
+
+Adapters are injected as named peft adapters (only the engine applies them, per branch: see
+engine/lora.py). Files are written as ``FluxPipeline.save_lora_weights`` lays them out
+(``transformer.<module>.lora_A.weight`` / ``lora_B.weight``) with the adapter's scale
+alpha / rank folded into lora_B, so every reader gets the trained update whether or not it
+knows alpha (diffusers assumes alpha = rank when the file says nothing).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..engine.lora import LoraLayer, adapter_names
+from .outputs import save_safetensors
+
+
+def add_lora(transformer: nn.Module, name: str, rank: int, alpha: float, targets: list) -> dict:
+    """Inject a fresh adapter (peft's init: A random from torch's global generator, B zero, so
+    it starts as the identity) and return its parameters {name: Parameter}, trainable, fp32."""
+    from peft import LoraConfig
+
+    if name in adapter_names(transformer):           # left over from an interrupted run in this process
+        transformer.delete_adapters(name)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                                       init_lora_weights=True), adapter_name=name)
+    params = lora_parameters(transformer, name)
+    if not params:
+        raise ValueError(f"no module of the transformer matches the LoRA targets {targets}")
+    for p in params.values():
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def lora_parameters(transformer: nn.Module, name: str) -> dict:
+    return {n: p for n, p in transformer.named_parameters() if f".{name}." in n and ".lora_" in n}
+
+
+def lora_state_dict(transformer: nn.Module, name: str) -> dict:
+    """{'transformer.<module>.lora_A.weight': [r, in], '...lora_B.weight': [out, r] * scale}, fp32 CPU."""
+    out = {}
+    for module_name, m in transformer.named_modules():
+        if LoraLayer and isinstance(m, LoraLayer) and name in m.lora_A:
+            out[f"transformer.{module_name}.lora_A.weight"] = m.lora_A[name].weight.detach().float().cpu().contiguous()
+            out[f"transformer.{module_name}.lora_B.weight"] = (m.lora_B[name].weight.detach().float()
+                                                              * m.scaling[name]).cpu().contiguous()
+    return out
+
+
+def save_lora(transformer: nn.Module, name: str, path: str) -> str:
+    """The adapter as a diffusers-layout LoRA file, written atomically."""
+    return save_safetensors(lora_state_dict(transformer, name), path, {"format": "pt"})
+
+
+def remove_lora(transformer: nn.Module, names: list) -> None:
+    """Delete training adapters; peft's own application stays off for any adapter left."""
+    present = [n for n in names if n in adapter_names(transformer)]
+    if present:
+        transformer.delete_adapters(present)
+    if adapter_names(transformer):
+        transformer.disable_lora()

@@ -1,0 +1,332 @@
+"""Training recipes on the branched engine (SPEC.md sections 2 and 3).
+
+A recipe decides what is trainable, how each sample becomes token branches, and what the
+loss is. All use rectified-flow matching (flow_matching.py) with logit-normal timesteps. Each
+sample brings its own seeded generator; every random choice about it (its plan, posterior
+draw, noise, timestep) comes from that generator in a fixed order, so a step is a pure
+function of (weights, seed, step) and resuming reproduces it bit for bit.
+
+- ``stage1``: backbone frozen, new domain shifters trained; synthetic samples in domain S,
+  real ones in R, no controls.
+- ``stage2``: stage-1 shifters loaded and frozen. LoRA mode trains two adapters on the
+  image-stream modules: ``control`` on the condition branches and ``target`` on the target
+  branch (the text stream keeps the base weights); ``full_finetune`` trains every transformer
+  weight instead. Synthetic samples: aligned control branches (offset 0, t = 0) + target in S
+  in every block. Real samples: no control, i ~ U{0..tau_B}; blocks < i in S run without
+  gradient (they get none from this sample), blocks >= i in R are trained.
+- ``stage2`` with ``baseline``: the same data and trainables with no shifters, no domain
+  reassignment and no frozen blocks (standard fine-tuning).
+- ``refany3d``: Reference-LoRA ``default``, Domain-LoRA ``coord`` and the domain embedder
+  trained; branches, tags, adapters and mask as refany3d/layout.py; one shared t for both
+  targets, independent noise, loss MSE(v_rgb) + MSE(v_pointmap); prompt and condition dropout.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..adapters import DomainShifters, ShifterConfig, load_shifters, save_shifters
+from ..engine import Branch, FluxEngine
+from ..refany3d import layout
+from ..refany3d.domain_embedder import make_domain_embedder
+from ..renderers.errors import InputError
+from .data import REAL, SYNTHETIC, Sample
+from .encode import LatentCache, TextCache, draw
+from .flow_matching import logit_normal, mse_per_sample, noisy, velocity
+from .lora import add_lora, remove_lora, save_lora
+from .outputs import save_safetensors, save_transformer
+
+CONTROL, TARGET = "train_control", "train_target"
+REFERENCE, DOMAIN = "train_default", "train_coord"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a recipe does with one sample. frozen: engine blocks run without gradient;
+    domains: per block, the shifter domain of the target (None: no shifts); controls: build
+    control branches; drop_prompt / drop_conditions: RefAny3D's dropouts."""
+
+    frozen: int = 0
+    domains: Optional[tuple] = None
+    controls: bool = False
+    drop_prompt: bool = False
+    drop_conditions: bool = False
+
+    @property
+    def group(self) -> tuple:
+        return self.frozen, self.domains, self.controls
+
+
+class Recipe:
+    """Base: frozen encoders, caches, the engine and the trainable parameters."""
+
+    name = ""
+
+    def __init__(self, cfg, pipe, device, log: Callable[[str], None] = print):
+        self.cfg, self.pipe, self.device, self.log = cfg, pipe, torch.device(device), log
+        self.transformer = tr = pipe.transformer
+        self.dtype = tr.x_embedder.weight.dtype
+        self.has_guidance = bool(tr.config.guidance_embeds)
+        self.num_blocks = len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
+        self.text = TextCache(pipe, self.device, cfg.train.max_sequence_length, cfg.train.text_cache_size)
+        self.latents = LatentCache(pipe, self.device, cfg.train.cache_latents)
+        self._requires_grad = [p.requires_grad for p in tr.parameters()]
+        self._lora_names: list[str] = []
+        tr.requires_grad_(False)
+        self.engine: Optional[FluxEngine] = None
+
+    # ---------------------------------------------------------------- interface
+    def trainables(self) -> "OrderedDict[str, nn.Parameter]":
+        raise NotImplementedError
+
+    def plan(self, sample: Sample, gen: torch.Generator) -> Plan:
+        raise NotImplementedError
+
+    def run_group(self, samples: list, plans: list, gens: list) -> torch.Tensor:
+        """Per-sample losses [k] (with their graph) of samples that share a plan structure."""
+        raise NotImplementedError
+
+    def write_outputs(self, out_dir: str) -> dict:
+        raise NotImplementedError
+
+    def layout(self) -> dict:
+        """What a checkpoint must match to be resumed by this recipe."""
+        c = self.transformer.config
+        return {"recipe": self.name, "mode": self.mode, "num_double": int(c.num_layers),
+                "num_single": int(c.num_single_layers), "hidden": int(c.num_attention_heads * c.attention_head_dim),
+                "trainables": {n: list(p.shape) for n, p in self.trainables().items()}}
+
+    mode = ""
+
+    # ---------------------------------------------------------------- shared
+    def step(self, samples: list, gens: list, backward: Optional[Callable] = None,
+             autocast: Callable = contextlib.nullcontext) -> list[float]:
+        """Loss of every sample; with ``backward``, gradients of the mean loss over ``samples``
+        are accumulated (one backward per group of samples with the same plan structure)."""
+        plans = [self.plan(s, g) for s, g in zip(samples, gens)]
+        groups: OrderedDict = OrderedDict()
+        for i, p in enumerate(plans):
+            groups.setdefault(p.group, []).append(i)
+        out = [0.0] * len(samples)
+        for idx in groups.values():
+            with autocast():
+                losses = self.run_group([samples[i] for i in idx], [plans[i] for i in idx], [gens[i] for i in idx])
+            if backward is not None:
+                backward(losses.sum() / len(samples))
+            for i, v in zip(idx, losses.detach().float().cpu().tolist()):
+                out[i] = v
+        return out
+
+    def guidance(self, n: int, value: float) -> Optional[torch.Tensor]:
+        return torch.full((n,), value, device=self.device) if self.has_guidance else None
+
+    def encode_target(self, key: str, image: torch.Tensor, gen: torch.Generator):
+        """(x0 [T, 64] drawn from the posterior, (h, w) latent grid)."""
+        mean, std, hw = self.latents.dist(key, image[None])
+        return draw(mean[0], std[0], self.cfg.train.latents, gen), hw
+
+    def timestep(self, gen: torch.Generator) -> torch.Tensor:
+        return logit_normal(gen, 1, self.cfg.train.logit_mean, self.cfg.train.logit_std)
+
+    def release(self) -> None:
+        """Give a caller's transformer back as it came: training adapters removed, grad flags restored."""
+        remove_lora(self.transformer, self._lora_names)
+        for p, flag in zip(self.transformer.parameters(), self._requires_grad):
+            p.requires_grad_(flag)
+
+    def _add_lora(self, name: str) -> dict:
+        lc = self.cfg.lora
+        params = add_lora(self.transformer, name, lc.rank, lc.alpha, lc.targets)
+        self._lora_names.append(name)
+        return {f"lora.{n}": p for n, p in params.items()}
+
+
+class Realiz3DRecipe(Recipe):
+    """stage1, stage2 (LoRA or full fine-tuning) and the stage-2 baseline."""
+
+    def __init__(self, cfg, pipe, device, log=print):
+        super().__init__(cfg, pipe, device, log)
+        tr, s2 = self.transformer, cfg.stage2
+        self.stage1 = cfg.recipe == "stage1"
+        self.baseline = not self.stage1 and s2.baseline
+        self.full = not self.stage1 and s2.full_finetune
+        self.name = "stage1" if self.stage1 else ("stage2-baseline" if self.baseline else "stage2")
+        self.mode = "shifters" if self.stage1 else ("full" if self.full else "lora")
+        if not self.stage1 and not self.baseline and s2.tau_b > self.num_blocks:
+            raise InputError("stage2.tau_b", f"must be at most the model's {self.num_blocks} blocks (got {s2.tau_b}).")
+        self._params: OrderedDict = OrderedDict()
+        self.shifters: Optional[DomainShifters] = None
+        if self.stage1:
+            sc = cfg.shifters
+            self.shifters = DomainShifters(ShifterConfig.for_transformer(tr, rank=sc.rank, embed_dim=sc.embed_dim,
+                                                                         variant=sc.variant)).to(self.device)
+            self._params.update((f"shifters.{n}", p) for n, p in self.shifters.named_parameters())
+        elif self.baseline:
+            if s2.shifters:
+                log(f"baseline: stage2.shifters ({os.path.basename(s2.shifters)}) is not used")
+        else:
+            self.shifters = load_shifters(s2.shifters, "stage2.shifters")
+            self.shifters.check_fits(tr, "stage2.shifters")
+            self.shifters = self.shifters.to(self.device).requires_grad_(False)
+        if self.shifters is not None:
+            self.S, self.R = self.shifters.domain_index(SYNTHETIC), self.shifters.domain_index(REAL)
+        self.control_adapters, self.target_adapters = (), ()
+        if not self.stage1:
+            if self.full:
+                tr.requires_grad_(True)
+                self._params.update((f"transformer.{n}", p) for n, p in tr.named_parameters() if ".lora_" not in n)
+            else:
+                self._params.update(self._add_lora(CONTROL))
+                self._params.update(self._add_lora(TARGET))
+                self.control_adapters, self.target_adapters = (CONTROL,), (TARGET,)
+        self.engine = FluxEngine(tr, shifters=self.shifters, precompute_shifts=not self.stage1,
+                                 checkpointing=cfg.train.gradient_checkpointing)
+
+    def trainables(self):
+        return self._params
+
+    def plan(self, sample: Sample, gen: torch.Generator) -> Plan:
+        nb = self.num_blocks
+        if sample.domain not in (SYNTHETIC, REAL):
+            raise InputError("data", f"sample {sample.key} has domain {sample.domain!r}; Realiz3D trains on "
+                                     "'synthetic' and 'real' samples.")
+        synthetic = sample.domain == SYNTHETIC
+        if self.stage1:
+            return Plan(domains=(self.S if synthetic else self.R,) * nb)
+        controls = synthetic and len(self.cfg.data.controls) > 0
+        if controls and (sample.controls is None or len(sample.controls) != len(self.cfg.data.controls)):
+            got = 0 if sample.controls is None else len(sample.controls)
+            raise InputError("data.controls", f"synthetic sample {sample.key} has {got} control maps; the config "
+                                              f"lists {list(self.cfg.data.controls)}.")
+        if synthetic:
+            return Plan(domains=None if self.baseline else (self.S,) * nb, controls=controls)
+        if self.baseline:
+            return Plan()
+        i = int(torch.randint(0, self.cfg.stage2.tau_b + 1, (1,), generator=gen))
+        return Plan(frozen=i, domains=(self.S,) * i + (self.R,) * (nb - i))
+
+    def run_group(self, samples, plans, gens):
+        cfg, dev, dt = self.cfg, self.device, self.dtype
+        n, plan = len(samples), plans[0]
+        embeds, pooled, text_ids = self.text.get([s.caption for s in samples], dt)
+        x0s, noises, ts, controls = [], [], [], []
+        for s, g in zip(samples, gens):
+            x0, (h, w) = self.encode_target(s.key, s.image, g)
+            x0s.append(x0), noises.append(torch.randn(x0.shape, generator=g)), ts.append(self.timestep(g))
+            if plan.controls:
+                mean, std, _ = self.latents.dist(s.key + "|controls", s.controls)
+                controls.append(draw(mean, std, cfg.train.latents, g))
+        x0, noise, t = torch.stack(x0s).to(dev), torch.stack(noises).to(dev), torch.cat(ts).to(dev)
+        ids = self.latents.ids(h, w, dt)
+        g = self.guidance(n, cfg.train.guidance)
+        branches = [Branch(embeds, text_ids, t, g, is_text=True, name="text"),
+                    Branch(noisy(x0, noise, t), ids, t, g, self.target_adapters, block_domains=plan.domains,
+                           name="target")]
+        if plan.controls:
+            c = torch.stack(controls).to(dev)                  # [n, C, T, 64]
+            zero, one = torch.zeros(n, device=dev), self.guidance(n, 1.0)
+            branches += [Branch(c[:, k], ids, zero, one, self.control_adapters, name=f"control{k}")
+                         for k in range(c.shape[1])]              # aligned: the target's own position ids
+        pred = self.engine.forward(branches, None, pooled, outputs=[1], frozen_blocks=plan.frozen)[1]
+        return mse_per_sample(pred, velocity(x0, noise))
+
+    def write_outputs(self, out_dir: str) -> dict:
+        out = {}
+        if self.shifters is not None:
+            out["shifters"] = os.path.join(out_dir, "shifters.safetensors")
+            save_shifters(copy.deepcopy(self.shifters).cpu(), out["shifters"])
+        if self.full:
+            out["transformer"] = save_transformer(self.transformer, os.path.join(out_dir, "transformer.safetensors"))
+        elif not self.stage1:
+            for kind, name in (("control_lora", CONTROL), ("target_lora", TARGET)):
+                out[kind] = save_lora(self.transformer, name, os.path.join(out_dir, f"{kind}.safetensors"))
+        return out
+
+
+class RefAny3DRecipe(Recipe):
+    name, mode = "refany3d", "lora"
+
+    def __init__(self, cfg, pipe, device, log=print):
+        super().__init__(cfg, pipe, device, log)
+        tr, ra = self.transformer, cfg.refany3d
+        self._params: OrderedDict = OrderedDict()
+        self._params.update(self._add_lora(REFERENCE))
+        self._params.update(self._add_lora(DOMAIN))
+        hidden = tr.config.num_attention_heads * tr.config.attention_head_dim
+        self.embedder = make_domain_embedder(hidden).to(self.device)
+        self._params.update((f"domain_embedder.{n}", p) for n, p in self.embedder.named_parameters())
+        names = {layout.REFERENCE_ADAPTER: REFERENCE, layout.DOMAIN_ADAPTER: DOMAIN}
+        self.n_views = ra.n_views
+        self.adapters = [tuple(names[a] for a in ad) for ad in layout.adapters(ra.n_views)]
+        self.tags = layout.domain_tags(ra.n_views)
+        self.mask = layout.group_mask(ra.n_views, text_agnostic=ra.text_agnostic).to(self.device)
+        self.engine = FluxEngine(tr, domain_embedder=self.embedder, checkpointing=cfg.train.gradient_checkpointing)
+
+    def trainables(self):
+        return self._params
+
+    def plan(self, sample: Sample, gen: torch.Generator) -> Plan:
+        if sample.point_map is None or sample.views is None:
+            raise InputError("data", f"sample {sample.key} is not a RefAny3D triplet (no point map or views).")
+        u = torch.rand(2, generator=gen)
+        ra = self.cfg.refany3d
+        return Plan(drop_prompt=bool(u[0] < ra.prompt_dropout), drop_conditions=bool(u[1] < ra.condition_dropout))
+
+    def _views(self, s: Sample, drop: bool, gen: torch.Generator):
+        rgb, pts = s.views
+        if rgb.shape[0] != self.n_views:
+            raise InputError("refany3d.n_views", f"sample {s.key} has {rgb.shape[0]} condition views, the config "
+                                                 f"{self.n_views}.")
+        if drop:          # all conditions black (image-CFG's unconditional input)
+            mean, std, hw = self.latents.dist(f"black|{rgb.shape[1]}x{rgb.shape[2]}", torch.zeros_like(rgb[:1]))
+            mean, std = mean.expand(2 * self.n_views, -1, -1), std.expand(2 * self.n_views, -1, -1)
+        else:
+            mean, std, hw = self.latents.dist("views|" + s.views_key, torch.cat([rgb, pts]))
+        return draw(mean, std, self.cfg.train.latents, gen), hw, rgb.shape[2]
+
+    def run_group(self, samples, plans, gens):
+        cfg, dev, dt = self.cfg, self.device, self.dtype
+        n = len(samples)
+        captions = ["" if p.drop_prompt else s.caption for s, p in zip(samples, plans)]
+        embeds, pooled, text_ids = self.text.get(captions, dt)
+        rgb0, pts0, e_rgb, e_pts, ts, views = [], [], [], [], [], []
+        for s, p, g in zip(samples, plans, gens):
+            x, (h, w) = self.encode_target(s.key, s.image, g)
+            y, _ = self.encode_target(s.key + "|points", s.point_map, g)
+            v, (vh, vw), cond_w = self._views(s, p.drop_conditions, g)
+            rgb0.append(x), pts0.append(y), views.append(v)
+            e_rgb.append(torch.randn(x.shape, generator=g)), e_pts.append(torch.randn(y.shape, generator=g))
+            ts.append(self.timestep(g))                          # one t shared by both targets
+        x0, y0 = torch.stack(rgb0).to(dev), torch.stack(pts0).to(dev)
+        ex, ey, t = torch.stack(e_rgb).to(dev), torch.stack(e_pts).to(dev), torch.cat(ts).to(dev)
+        cond = torch.stack(views).to(dev)                        # [n, 2V, T, 64]
+        ids = self.latents.ids(h, w, dt)
+        cond_ids = self.latents.ids(vh, vw, dt).clone()
+        cond_ids[:, 2] += -cond_w / 16.0                         # one condition width to the left
+        g, one, zero = self.guidance(n, cfg.train.guidance), self.guidance(n, 1.0), torch.zeros(n, device=dev)
+        a, tags = self.adapters, self.tags
+        branches = [Branch(embeds, text_ids, t, g, is_text=True, name="text"),
+                    Branch(noisy(x0, ex, t), ids, t, g, a[1], tags[1], name="target_rgb"),
+                    Branch(noisy(y0, ey, t), ids, t, g, a[2], tags[2], name="target_points")]
+        branches += [Branch(cond[:, k], cond_ids, zero, one, a[3 + k], tags[3 + k], name=f"view{k}")
+                     for k in range(2 * self.n_views)]
+        out = self.engine.forward(branches, self.mask, pooled, outputs=[1, 2])
+        return mse_per_sample(out[1], velocity(x0, ex)) + mse_per_sample(out[2], velocity(y0, ey))
+
+    def write_outputs(self, out_dir: str) -> dict:
+        return {"default": save_lora(self.transformer, REFERENCE, os.path.join(out_dir, "default.safetensors")),
+                "coord": save_lora(self.transformer, DOMAIN, os.path.join(out_dir, "coord.safetensors")),
+                "domain_embedder": save_safetensors(self.embedder.state_dict(),
+                                                    os.path.join(out_dir, "domain_embedder.safetensors"),
+                                                    {"format": "refany3d-domain-embedder"})}
+
+
+def make_recipe(cfg, pipe, device, log=print) -> Recipe:
+    return (RefAny3DRecipe if cfg.recipe == "refany3d" else Realiz3DRecipe)(cfg, pipe, device, log)

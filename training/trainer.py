@@ -1,0 +1,320 @@
+"""The training loop: one function, :func:`train`, for one process or many (accelerate).
+
+Every process builds the same model, data and trainables from the same seed, draws the same
+global batch order and trains on its own slice of it; gradients are averaged across processes
+before the optimizer step, so all processes keep identical weights. Only the main process
+writes files (checkpoints, outputs, the loss curve) and reports progress.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..renderers.errors import InputError
+from .checkpoint import check_compatible, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, dump_config
+from .data import REAL, SYNTHETIC, TRIPLET, build_datasets
+from .data_order import DataOrder, SampleLoader, seed_of
+from .loss_curve import save_loss_curve
+from .outputs import save_text
+from .recipes import make_recipe
+
+logger = logging.getLogger("realiz3d.training")
+
+
+@dataclass
+class TrainResult:
+    """losses: mean loss of every step (all processes), from step 1 (a resumed run includes the
+    steps before the resume); outputs: {kind: path} of the files the inference code loads;
+    stopped: ended by should_stop / Ctrl-C before the last step; checkpoint: the last one
+    written; loss_curve: PNG path; steps: steps done; parameters: the trained tensors."""
+
+    losses: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+    stopped: bool = False
+    checkpoint: Optional[str] = None
+    loss_curve: Optional[str] = None
+    steps: int = 0
+    parameters: dict = field(default_factory=dict)
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An ``accelerate.Accelerator`` with the config's precision. A single process that already
+    made one with another precision (a second run in ComfyUI, tests) gets a fresh state."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    kw = dict(cpu=cfg.model.device == "cpu", mixed_precision=cfg.train.precision)
+    try:
+        return Accelerator(**kw)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kw)
+
+
+def load_pipe(cfg: TrainConfig, device):
+    from ..loading import load_pipeline_folder, load_single_files
+
+    m = cfg.model
+    if m.folder:
+        return load_pipeline_folder(m.folder, m.dtype, device, input_name="model.folder").pipeline()
+    if m.transformer:
+        for key in ("vae", "clip", "t5"):
+            if not getattr(m, key):
+                raise InputError(f"model.{key}", "single-file loading needs transformer, vae, clip and t5 files.")
+        return load_single_files(m.transformer, m.vae, m.clip, m.t5, m.clip_tokenizer or None, m.t5_tokenizer or None,
+                                 m.dtype, device).pipeline()
+    raise InputError("model.folder", "give a diffusers Flux folder (model.folder) or single files "
+                                     "(model.transformer, model.vae, model.clip, model.t5).")
+
+
+def make_optimizer(cfg: TrainConfig, params: list):
+    t = cfg.train
+    if t.optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise InputError("train.optimizer", "Prodigy needs the prodigyopt package (pip install prodigyopt); "
+                                                "or use adamw.") from None
+        return Prodigy(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Constant after a linear warm-up over train.warmup_steps (a function of the step alone)."""
+    w = cfg.train.warmup_steps
+    return cfg.train.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
+
+def _ratios(cfg: TrainConfig) -> dict:
+    if cfg.recipe == "refany3d":
+        return {TRIPLET: 1.0}
+    return {REAL: cfg.data.real_ratio, SYNTHETIC: 1.0 - cfg.data.real_ratio}
+
+
+class _Distributed:
+    """Gradient averaging and agreement across processes (no-ops for one process)."""
+
+    def __init__(self, accel):
+        self.accel, self.n = accel, accel.num_processes
+
+    def broadcast(self, params: list) -> None:
+        if self.n > 1:
+            for p in params:
+                torch.distributed.broadcast(p.data, src=0)
+
+    def average_grads(self, params: list) -> None:
+        """Mean gradient over processes; a tensor no process touched keeps grad None, so the
+        optimizer leaves it exactly as it is (frozen blocks of a real sample)."""
+        if self.n == 1:
+            return
+        dev = params[0].device
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
+        torch.distributed.all_reduce(has)
+        live = [p for p, h in zip(params, has.tolist()) if h > 0]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for bucket in _buckets(live):
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            torch.distributed.all_reduce(flat)
+            flat /= self.n
+            offset = 0
+            for p in bucket:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+
+    def mean(self, value: float) -> float:
+        if self.n == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.accel.device)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.n
+
+    def any(self, flag: bool) -> bool:
+        if self.n == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.accel.device)
+        torch.distributed.all_reduce(t)
+        return bool(t > 0)
+
+
+def _buckets(params: list, size: int = 1 << 25):
+    bucket, n = [], 0
+    for p in params:
+        bucket.append(p)
+        n += p.numel()
+        if n >= size:
+            yield bucket
+            bucket, n = [], 0
+    if bucket:
+        yield bucket
+
+
+def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], None]] = None,
+          should_stop: Optional[Callable[[], bool]] = None, log: Optional[Callable[[str], None]] = None,
+          resume: Optional[str] = None, datasets: Optional[dict] = None) -> TrainResult:
+    """Train ``cfg.recipe``; returns a :class:`TrainResult`.
+
+    pipe: an already loaded diffusers FluxPipeline (else loaded from cfg.model). Training adds
+    its adapters to pipe.transformer and removes them at the end (the trained weights are in
+    the output files); full fine-tuning changes pipe.transformer's weights in place, so pass a
+    pipeline you own. progress(step, total) after every step; should_stop() is checked before
+    every step: when true, a checkpoint and the outputs are written and the result has
+    stopped=True. log(str) receives the log lines (default: the ``realiz3d.training`` logger).
+    resume: a checkpoint file, or a folder whose newest checkpoint is used.
+    datasets: {source: Dataset} to train on instead of the folders of cfg.data (sources:
+    'real' / 'synthetic', or 'refany3d').
+    """
+    accel = make_accelerator(cfg)
+    dist = _Distributed(accel)
+    main = accel.is_main_process
+
+    def say(msg: str) -> None:
+        if main:
+            (log or logger.info)(msg)
+
+    own_pipe = pipe is None
+    if own_pipe:
+        pipe = load_pipe(cfg, accel.device)
+    else:
+        pipe.to(accel.device)
+    if datasets is None:
+        datasets = build_datasets(cfg, say)
+    ratios = _ratios(cfg)
+    for source, ratio in ratios.items():
+        if ratio > 0 and source not in datasets:
+            raise InputError(f"data.{source}", f"the recipe draws {source} samples (ratio {ratio}); none were given.")
+    order = DataOrder(cfg.train.seed, {s: len(d) for s, d in datasets.items() if ratios.get(s, 0) > 0}, ratios)
+    loader = SampleLoader(datasets, cfg.data.on_bad_sample, say)
+
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % 2 ** 32)
+    random.seed(cfg.train.seed)
+    recipe = make_recipe(cfg, pipe, accel.device, say)
+    try:
+        return _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume)
+    finally:
+        if not own_pipe:
+            recipe.release()
+
+
+def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume) -> TrainResult:
+    main, t = accel.is_main_process, cfg.train
+    named = recipe.trainables()
+    params = list(named.values())
+    optimizer = accel.prepare(make_optimizer(cfg, params))
+    result = TrainResult()
+    step = 0
+    if resume:
+        data = read_checkpoint(resume)
+        check_compatible(data, recipe.layout())
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(data["params"][name].to(p.device, p.dtype))
+        optimizer.load_state_dict(data["optimizer"])
+        order.load_state_dict(data["order"])
+        set_rng_state(data["rng"])
+        step, result.losses = int(data["step"]), list(data["losses"])
+        say(f"resumed from {data['path']} at step {step}")
+    dist.broadcast(params)
+    out_dir, ckpt_dir = cfg.output.dir, cfg.checkpoint_dir
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
+        save_text(dump_config(cfg), os.path.join(out_dir, "config.yaml"))
+
+    def checkpoint() -> None:
+        if main:
+            payload = {"layout": recipe.layout(), "losses": list(result.losses), "rng": rng_state(),
+                       "params": {n: p.detach().cpu() for n, p in named.items()},
+                       "optimizer": optimizer.state_dict(), "order": order.state_dict(),
+                       "config": dump_config(cfg)}
+            result.checkpoint = save_checkpoint(ckpt_dir, step, payload, cfg.checkpoint.keep)
+            say(f"checkpoint {result.checkpoint}")
+        accel.wait_for_everyone()
+
+    rank, world, batch = accel.process_index, accel.num_processes, t.batch_size
+    say(f"{recipe.name} ({recipe.mode}): {sum(p.numel() for p in params):,} trained parameters in {len(params)} "
+        f"tensors, {t.steps} steps x {batch * world} samples, {world} process(es) on {accel.device}")
+    last_saved, window, tick = step, [], time.perf_counter()
+    # no checkpoint is written when an exception (KeyboardInterrupt included) ends the loop: it may
+    # land between the backward pass and the optimizer step. The clean stop is should_stop().
+    while step < t.steps:
+        if dist.any(bool(should_stop and should_stop())):
+            result.stopped = True
+            say(f"stopped at step {step}")
+            break
+        picks = order.next(batch * world)[rank * batch:(rank + 1) * batch]
+        samples = [loader.load(s, i) for s, i in picks]
+        gens = [torch.Generator().manual_seed(seed_of(t.seed, step, rank * batch + k)) for k in range(batch)]
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses = recipe.step(samples, gens, backward=accel.backward, autocast=accel.autocast)
+        loss = dist.mean(sum(losses) / len(losses))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at step {step + 1}; lower train.lr or use train.precision: "
+                                     "no. The weights were not updated; the last checkpoint is intact.")
+        dist.average_grads(params)
+        if t.grad_clip > 0:
+            live = [p for p in params if p.grad is not None]
+            if live:
+                accel.clip_grad_norm_(live, t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(loss)
+        window.append(loss)
+        step += 1
+        if main and progress is not None:
+            progress(step, t.steps)
+        if step % t.log_every == 0 or step == t.steps:
+            now = time.perf_counter()
+            say(f"step {step}/{t.steps} loss {sum(window) / len(window):.4f} lr {lr:.2e} "
+                f"{(now - tick) / len(window):.2f} s/step")
+            window, tick = [], now
+        if step % cfg.checkpoint.every == 0 and step < t.steps:
+            checkpoint()
+            last_saved = step
+    if step > last_saved or result.checkpoint is None:
+        checkpoint()
+    result.steps = step
+    result.parameters = {n: p.detach() for n, p in named.items()}
+    if main:
+        result.outputs = recipe.write_outputs(out_dir)
+        result.loss_curve = save_loss_curve(result.losses, os.path.join(out_dir, "loss_curve.png"),
+                                            f"{recipe.name} ({recipe.mode})")
+        result.outputs["loss_curve"] = result.loss_curve
+        say("wrote " + ", ".join(f"{k}: {v}" for k, v in result.outputs.items()))
+    accel.wait_for_everyone()
+    return result
+
+
+def evaluate_loss(cfg: TrainConfig, pipe, samples: list, parameters: Optional[dict] = None, seed: int = 1234,
+                  draws: int = 4) -> float:
+    """Mean loss of ``samples`` under fixed draws (plan, timestep, noise from ``seed``), with the
+    recipe's trainables set to ``parameters`` (a TrainResult's) or freshly initialised: a
+    validation loss that is comparable across runs. Leaves ``pipe`` as it found it."""
+    torch.manual_seed(cfg.train.seed)
+    recipe = make_recipe(cfg, pipe, pipe.transformer.device, lambda msg: None)
+    try:
+        if parameters is not None:
+            with torch.no_grad():
+                for name, p in recipe.trainables().items():
+                    p.copy_(parameters[name].to(p.device, p.dtype))
+        batch = [s for s in samples for _ in range(draws)]
+        gens = [torch.Generator().manual_seed(seed_of(seed, k)) for k in range(len(batch))]
+        with torch.no_grad():
+            losses = recipe.step(batch, gens)
+        return sum(losses) / len(losses)
+    finally:
+        recipe.release()
