@@ -126,6 +126,7 @@ class RefAny3DSection:
     prompt_dropout: float = 0.1
     condition_dropout: float = 0.1    # all condition views black
     text_agnostic: bool = True
+    init_from: str = ""               # folder with default.safetensors, coord.safetensors, domain_embedder.*
 
 
 @dataclass
@@ -163,7 +164,7 @@ class TrainConfig:
 
 PATH_KEYS = ("model.folder", "model.transformer", "model.vae", "model.clip", "model.t5", "model.clip_tokenizer",
              "model.t5_tokenizer", "data.real", "data.synthetic", "data.meshes", "data.refany3d", "stage2.shifters",
-             "checkpoint.dir", "output.dir")
+             "refany3d.init_from", "checkpoint.dir", "output.dir")
 
 
 def load_config(source: Union[str, dict, None] = None, overrides: Union[dict, list, None] = None,

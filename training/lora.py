@@ -52,6 +52,38 @@ def save_lora(transformer: nn.Module, name: str, path: str) -> str:
     return save_safetensors(lora_state_dict(transformer, name), path, {"format": "pt"})
 
 
+def load_into_lora(transformer: nn.Module, name: str, path: str, input_name: str) -> None:
+    """Start the trainable adapter ``name`` from a diffusers-layout LoRA file (the published
+    RefAny3D files, or a previous run's). Its rank must be lora.rank and its layers among
+    lora.targets; lora_B is divided by the adapter's scale so the effect is the file's."""
+    import torch
+
+    from ..engine.lora_files import check_lora_fits, read_lora
+    from ..renderers.errors import InputError
+
+    state = read_lora(path, input_name)
+    check_lora_fits(transformer, state, path, input_name)
+    used = set()
+    with torch.no_grad():
+        for module_name, m in transformer.named_modules():
+            if not (LoraLayer and isinstance(m, LoraLayer) and name in m.lora_A):
+                continue
+            key = f"transformer.{module_name}.lora_"
+            if key + "A.weight" not in state:
+                continue                          # not in the file: the adapter starts as identity there
+            a, b = state[key + "A.weight"], state[key + "B.weight"]
+            if a.shape != m.lora_A[name].weight.shape:
+                raise InputError(input_name, f"'{path}' has rank {a.shape[0]} at '{module_name}'; set lora.rank to "
+                                             f"{a.shape[0]} to continue training it.")
+            m.lora_A[name].weight.copy_(a)
+            m.lora_B[name].weight.copy_(b.float() / m.scaling[name])
+            used.update((key + "A.weight", key + "B.weight"))
+    extra = sorted({k.split(".lora_")[0].removeprefix("transformer.") for k in state if k not in used})
+    if extra:
+        raise InputError(input_name, f"'{path}' adapts layers that lora.targets does not train (e.g. {extra[:3]}); "
+                                     "add them to lora.targets.")
+
+
 def remove_lora(transformer: nn.Module, names: list) -> None:
     """Delete training adapters; peft's own application stays off for any adapter left."""
     present = [n for n in names if n in adapter_names(transformer)]

@@ -50,6 +50,7 @@ def _draw_pillow(values, path, title, width: int = 800, height: int = 450):
     d.rectangle([left, top, right, bottom], outline="black")
     d.text((left, 12), title, fill="black")
     d.text(((left + right) // 2 - 12, height - 30), "step", fill="black")
+    d.text((4, top - 20), "loss", fill="black")
     if values:
         lo, hi = min(values), max(values)
         if hi - lo < 1e-12:

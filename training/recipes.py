@@ -40,7 +40,7 @@ from ..renderers.errors import InputError
 from .data import REAL, SYNTHETIC, Sample
 from .encode import LatentCache, TextCache, draw
 from .flow_matching import logit_normal, mse_per_sample, noisy, velocity
-from .lora import add_lora, remove_lora, save_lora
+from .lora import add_lora, load_into_lora, remove_lora, save_lora
 from .outputs import save_safetensors, save_transformer
 
 CONTROL, TARGET = "train_control", "train_target"
@@ -261,6 +261,8 @@ class RefAny3DRecipe(Recipe):
         self._params.update(self._add_lora(DOMAIN))
         hidden = tr.config.num_attention_heads * tr.config.attention_head_dim
         self.embedder = make_domain_embedder(hidden).to(self.device)
+        if ra.init_from:
+            self._init_from(ra.init_from, hidden)
         self._params.update((f"domain_embedder.{n}", p) for n, p in self.embedder.named_parameters())
         names = {layout.REFERENCE_ADAPTER: REFERENCE, layout.DOMAIN_ADAPTER: DOMAIN}
         self.n_views = ra.n_views
@@ -271,6 +273,25 @@ class RefAny3DRecipe(Recipe):
 
     def trainables(self):
         return self._params
+
+    def _init_from(self, folder: str, hidden: int) -> None:
+        """Continue from RefAny3D weights (the published files or a previous run's outputs)."""
+        from ..refany3d.domain_embedder import load_domain_embedder
+
+        key = "refany3d.init_from"
+        if not os.path.isdir(folder):
+            raise InputError(key, f"'{folder}' is not a folder.")
+        names = os.listdir(folder)
+        for file, adapter in (("default.safetensors", REFERENCE), ("coord.safetensors", DOMAIN)):
+            if file not in names:
+                raise InputError(key, f"'{folder}' has no {file}.")
+            load_into_lora(self.transformer, adapter, os.path.join(folder, file), key)
+        embedder = next((n for n in ("domain_embedder.safetensors", "domain_embedder.pth") if n in names), None)
+        if embedder is None:
+            raise InputError(key, f"'{folder}' has no domain_embedder.safetensors or domain_embedder.pth.")
+        state = load_domain_embedder(os.path.join(folder, embedder), hidden, key).state_dict()
+        self.embedder.load_state_dict(state)
+        self.log(f"starting from the RefAny3D weights in {folder}")
 
     def plan(self, sample: Sample, gen: torch.Generator) -> Plan:
         if sample.point_map is None or sample.views is None:

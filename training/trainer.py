@@ -303,7 +303,8 @@ def evaluate_loss(cfg: TrainConfig, pipe, samples: list, parameters: Optional[di
                   draws: int = 4) -> float:
     """Mean loss of ``samples`` under fixed draws (plan, timestep, noise from ``seed``), with the
     recipe's trainables set to ``parameters`` (a TrainResult's) or freshly initialised: a
-    validation loss that is comparable across runs. Leaves ``pipe`` as it found it."""
+    validation loss that is comparable across runs. LoRA and shifter recipes leave ``pipe`` as
+    they found it; for full fine-tuning the parameters are copied into ``pipe.transformer``."""
     torch.manual_seed(cfg.train.seed)
     recipe = make_recipe(cfg, pipe, pipe.transformer.device, lambda msg: None)
     try:

@@ -5,7 +5,7 @@ import pytest
 
 from realiz3d.renderers import InputError
 from realiz3d.training import TrainConfig, load_config
-from training_helpers import ROOT
+from training_helpers import ROOT, one_thread  # noqa: F401
 
 CONFIGS = os.path.join(ROOT, "training", "configs")
 
@@ -68,3 +68,25 @@ def test_overrides_and_relative_paths(tmp_path):
     with pytest.raises(InputError) as e:
         load_config(str(tmp_path / "missing.yaml"))
     assert e.value.input_name == "config"
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage2", "baseline", "refany3d"])
+def test_ready_configs_run_on_tiny_data(tmp_path, name):
+    from training_helpers import (SIZE, stage1_shifters, tiny_model_folder, write_real, write_synthetic,
+                                  write_triplets)
+    from realiz3d.training import train
+
+    overrides = {"model.folder": tiny_model_folder(), "data.size": SIZE, "train.steps": 2,
+                 "train.max_sequence_length": 8, "output.dir": str(tmp_path / "out"),
+                 "data.real": write_real(tmp_path / "real", n=2), "data.synthetic": write_synthetic(tmp_path / "syn"),
+                 "data.refany3d": write_triplets(tmp_path / "tri", n=1), "data.render.backend": "raycast",
+                 "stage2.shifters": stage1_shifters(), "stage2.tau_b": 3, "refany3d.n_views": 2,
+                 "refany3d.condition_size": SIZE}
+    try:
+        import prodigyopt  # noqa: F401
+    except ImportError:
+        overrides.update({"train.optimizer": "adamw", "train.lr": 1e-3})
+    cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"), overrides)
+    assert cfg.train.precision == "bf16" and cfg.model.dtype == "bf16" and cfg.train.gradient_checkpointing
+    result = train(cfg)                                   # bf16 autocast and checkpointing, as the files say
+    assert result.steps == 2 and all(os.path.isfile(p) for p in result.outputs.values())

@@ -253,3 +253,30 @@ def test_tau_b_beyond_the_model_and_wrong_samples_are_named(tmp_path):
                   tiny_pipe(), datasets={"synthetic": MemoryDataset([synthetic_sample()]),
                                          "real": MemoryDataset([real_sample()])})
         assert e.value.input_name == "train.optimizer" and "prodigyopt" in str(e.value)
+
+
+def test_refany3d_can_start_from_published_weights(tmp_path):
+    from realiz3d.engine.lora_files import read_lora as read
+    from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
+    from realiz3d.training.lora import lora_state_dict
+    from realiz3d.training.recipes import DOMAIN, REFERENCE
+
+    pipe = tiny_pipe()
+    published = str(tmp_path / "published")
+    write_tiny_refany3d(published, pipe.transformer, seed=3, rank=4)      # the published formats (.pth embedder)
+    cfg = load_config(base_config(tmp_path, "refany3d", refany3d={"init_from": published}))
+    recipe = make_recipe(cfg, pipe, "cpu")                                 # lora rank 4, alpha 8
+    for adapter, file in ((REFERENCE, "default"), (DOMAIN, "coord")):
+        ours, theirs = lora_state_dict(pipe.transformer, adapter), read(f"{published}/{file}.safetensors", file)
+        assert set(ours) == set(theirs)
+        for key in (k for k in ours if ".lora_A." in k):
+            b = key.replace(".lora_A.", ".lora_B.")
+            assert torch.allclose(ours[b] @ ours[key], theirs[b] @ theirs[key], atol=1e-6), key
+    published_embedder = torch.load(f"{published}/domain_embedder.pth", weights_only=True)
+    for k, v in recipe.embedder.state_dict().items():
+        assert torch.equal(v, published_embedder[k]), k
+    recipe.release()
+    with pytest.raises(InputError) as e:
+        make_recipe(load_config(base_config(tmp_path, "refany3d", refany3d={"init_from": published},
+                                            lora={"rank": 8})), tiny_pipe(), "cpu")
+    assert e.value.input_name == "refany3d.init_from" and "lora.rank" in str(e.value)
