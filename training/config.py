@@ -43,7 +43,7 @@ class ModelConfig:
     clip_tokenizer: str = ""
     t5_tokenizer: str = ""
     dtype: str = "fp32"               # storage dtype of the frozen weights; trained ones stay fp32
-    device: str = "auto"              # auto (accelerate's choice) | cpu | cuda
+    device: str = "auto"              # auto / cuda: accelerate's GPU (CUDA_VISIBLE_DEVICES picks) | cpu
 
 
 @dataclass
@@ -304,8 +304,8 @@ def validate(cfg: TrainConfig) -> None:
     t, d, r = cfg.train, cfg.data, cfg.data.render
     _one_of(cfg.recipe, RECIPES, "recipe")
     _one_of(cfg.model.dtype, DTYPES, "model.dtype")
-    _check(cfg.model.device in ("auto", "cpu") or cfg.model.device.startswith("cuda"), "model.device",
-           f"must be auto, cpu or cuda (got {cfg.model.device!r}).")
+    _check(cfg.model.device in ("auto", "cpu", "cuda"), "model.device",
+           f"must be auto, cpu or cuda (got {cfg.model.device!r}); pick a GPU with CUDA_VISIBLE_DEVICES.")
     _check(t.steps >= 1, "train.steps", f"must be at least 1 (got {t.steps}).")
     _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {t.batch_size}).")
     _check(t.lr > 0, "train.lr", f"must be positive (got {t.lr}).")

@@ -54,12 +54,15 @@ def make_accelerator(cfg: TrainConfig):
 
     kw = dict(cpu=cfg.model.device == "cpu", mixed_precision=cfg.train.precision)
     try:
-        return Accelerator(**kw)
+        accel = Accelerator(**kw)
+        if kw["cpu"] or accel.device.type != "cpu" or not torch.cuda.is_available():
+            return accel
     except ValueError:
-        if PartialState().num_processes > 1:
-            raise
-        AcceleratorState._reset_state(reset_partial_state=True)
+        pass
+    if PartialState().num_processes > 1:            # a launched run: its state is the launcher's
         return Accelerator(**kw)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**kw)
 
 
 def load_pipe(cfg: TrainConfig, device):
