@@ -19,6 +19,7 @@ NODE_MODULES = {
     "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "LoadControlLoRA", "Realiz3DSample",
                        "MultiviewGenerate"],
     "texture_nodes": ["BakeTexture", "SaveTexturedMesh"],
+    "training_nodes": ["TrainDomainShifter", "TrainControl", "TrainRefAny3D"],
 }
 
 

@@ -19,6 +19,7 @@ from .flux_nodes import require_model
 from .paths import model_path, register_model_folder
 
 SHIFTERS = "realiz3d_shifters"
+NO_TARGET = "(none)"
 
 
 @dataclass(eq=False)
@@ -56,6 +57,10 @@ def _adapters(control, model):
     if control["model"] is not model:
         raise InputError("control", "was loaded for another model; connect Load Control LoRA to the same model.")
     return (control["adapter"],)
+
+
+def _target_adapters(control) -> tuple:
+    return (control["target_adapter"],) if control is not None and control.get("target_adapter") else ()
 
 
 class LoadDomainShifter(io.ComfyNode):
@@ -115,16 +120,24 @@ class LoadControlLoRA(io.ComfyNode):
             node_id=f"{PREFIX}LoadControlLoRA", display_name="Load Control LoRA (Realiz3D)",
             category=f"{CATEGORY}/model",
             description="A geometry-control LoRA (diffusers layout) from models/loras, applied only to the "
-                        "control branches; the base model is unchanged for other nodes.",
+                        "control branches, and optionally the target LoRA trained with it (stage 2), applied "
+                        "only to the image being generated; the base model is unchanged for other nodes.",
             inputs=[FluxType.Input("model", tooltip="The Flux model the LoRA was trained for."),
-                    io.Combo.Input("lora", options=files, default=files[0], tooltip="Control LoRA file.")],
+                    io.Combo.Input("lora", options=files, default=files[0], tooltip="Control LoRA file."),
+                    io.Combo.Input("target_lora", options=[NO_TARGET] + files, default=NO_TARGET, optional=True,
+                                   tooltip="Stage 2's target LoRA (NAME_target.safetensors from Train Control), "
+                                           "or none.")],
             outputs=[ControlType.Output(display_name="control")])
 
     @classmethod
-    def execute(cls, model, lora) -> io.NodeOutput:
+    def execute(cls, model, lora, target_lora=NO_TARGET) -> io.NodeOutput:
         flux = require_model(model)
         adapter = attach_lora(flux.pipeline.transformer, model_path("loras", lora, "lora"), "control", "lora")
-        return io.NodeOutput({"model": flux, "adapter": adapter})
+        target = None
+        if target_lora and target_lora != NO_TARGET:
+            target = attach_lora(flux.pipeline.transformer, model_path("loras", target_lora, "target_lora"),
+                                 "target", "target_lora")
+        return io.NodeOutput({"model": flux, "adapter": adapter, "target_adapter": target})
 
 
 class Realiz3DSample(io.ComfyNode):
@@ -151,7 +164,8 @@ class Realiz3DSample(io.ComfyNode):
         flux = require_model(model)
         s = Realiz3DSettings(steps=steps, guidance=guidance, width=width, height=height, batch=batch, seed=seed)
         image = sample_realiz3d(flux.pipeline, prompt, control_images, s, _adapters(control, flux), shifter,
-                                _schedule(schedule, flux, steps), progress(steps), flux.offload)
+                                _schedule(schedule, flux, steps), progress(steps), flux.offload,
+                                _target_adapters(control))
         return io.NodeOutput(image)
 
 
@@ -183,5 +197,5 @@ class MultiviewGenerate(io.ComfyNode):
         s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
         views, _ = generate_multiview(flux.pipeline, mesh, cameras, prompt, s, view_size, columns, control_map,
                                       _adapters(control, flux), shifter, _schedule(schedule, flux, steps),
-                                      progress(steps), flux.offload)
+                                      progress(steps), flux.offload, target_adapters=_target_adapters(control))
         return io.NodeOutput(views, GeneratedViews(views, list(cameras), mesh))

@@ -55,7 +55,7 @@ def control_maps(bundle: RenderBundle, kind: str) -> torch.Tensor:
 
 def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: int = 256, columns: int = 2,
                        control: str = "normal", control_adapters: tuple = (), shifters=None, schedule=None,
-                       progress=None, offload=None, backend: str = "auto"):
+                       progress=None, offload=None, backend: str = "auto", target_adapters: tuple = ()):
     """Views [V, S, S, 3] of ``mesh`` from ``cameras``, generated jointly as one grid image under
     the grid of its geometry maps; returns (views, render bundle of the controls). ``settings``
     is a Realiz3DSettings whose width/height are replaced by the grid's size."""
@@ -70,5 +70,6 @@ def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: in
     bundle = render_views(mesh, cameras, view_size, view_size, backend=backend, lit=False)
     grid = make_grid(control_maps(bundle, control), cols)
     s = replace(settings, width=cols * view_size, height=rows * view_size)
-    image = sample_realiz3d(pipe, prompt, grid[None], s, control_adapters, shifters, schedule, progress, offload)
+    image = sample_realiz3d(pipe, prompt, grid[None], s, control_adapters, shifters, schedule, progress, offload,
+                            target_adapters)
     return split_grid(image[0], len(cameras), cols), bundle

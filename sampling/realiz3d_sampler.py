@@ -35,12 +35,13 @@ def sample_realiz3d(pipe, prompt: str, controls: Optional[torch.Tensor], setting
                     control_adapters: tuple[str, ...] = (), shifters: Optional[DomainShifters] = None,
                     schedule: Optional[DomainSchedule] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
-                    offload: Optional[Offload] = None) -> torch.Tensor:
+                    offload: Optional[Offload] = None, target_adapters: tuple[str, ...] = ()) -> torch.Tensor:
     """Images [B, H, W, 3] in [0, 1].
 
     controls: [C, H, W, 3] geometry maps in [0, 1] aligned with the target (normal, point map,
     depth), one condition branch each, or None; control_adapters: the control LoRA's adapter
     names (see engine.lora_files.attach_lora). Without shifters the schedule must be None.
+    target_adapters: adapters of the target branch (stage 2's target LoRA, see training/README.md).
     """
     s = settings
     for name in ("width", "height"):
@@ -85,7 +86,8 @@ def sample_realiz3d(pipe, prompt: str, controls: Optional[torch.Tensor], setting
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
             branches = [Branch(prompt_embeds, text_ids, t_b, guidance, is_text=True, name="text"),
-                        Branch(latents, ids, t_b, guidance, block_domains=block_domains(i), name="target")]
+                        Branch(latents, ids, t_b, guidance, tuple(target_adapters), block_domains=block_domains(i),
+                               name="target")]
             if cond_tokens is not None:       # aligned controls: same position ids as the target (offset 0)
                 zero, one = torch.zeros(B, device=device), (torch.ones(B, device=device) if has_g else None)
                 branches += [Branch(cond_tokens[k:k + 1].expand(B, -1, -1), cond_ids, zero, one,

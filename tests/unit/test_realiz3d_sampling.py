@@ -44,6 +44,17 @@ def test_controls_and_control_lora_shape_the_result(pipe):
     assert torch.equal(lora, sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,)))
 
 
+def test_target_adapters_apply_to_the_target_branch(pipe):
+    """Stage 2's target LoRA (training/README.md) on the target branch changes the image; with no
+    target adapter the result is exactly the control-only one."""
+    base = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,))
+    target = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,),
+                             target_adapters=(pipe.control_adapter,))
+    assert (base - target).abs().max() > 1e-4
+    none = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,), target_adapters=())
+    assert torch.equal(base, none)
+
+
 def test_shifters_follow_the_schedule(pipe):
     tr = pipe.transformer
     cfg = ShifterConfig.for_transformer(tr, rank=4, embed_dim=8)
