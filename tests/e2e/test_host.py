@@ -32,13 +32,14 @@ def test_nodes_registered_with_tooltips(server):
 
 def test_templates_and_web_extension(server):
     assert sorted(server.get("/workflow_templates")["ComfyUI-Realiz3D"]) == [
-        "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh", "texture_mesh"]
+        "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh", "texture_mesh", "train_shifter_then_sample"]
     assert "/extensions/ComfyUI-Realiz3D/realiz3d.js" in server.get("/extensions")
     with urllib.request.urlopen(server.url + "/api/workflow_templates/ComfyUI-Realiz3D/render_sample_mesh.json") as r:
         assert json.loads(r.read())["nodes"]
 
 
-@pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh", "multiview_from_mesh", "texture_mesh"])
+@pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh", "multiview_from_mesh", "texture_mesh",
+                                  "train_shifter_then_sample"])
 def test_ui_workflow_is_the_api_workflow(server, name):
     with open(os.path.join(ROOT, "example_workflows", f"{name}.json")) as f:
         ui = json.load(f)
