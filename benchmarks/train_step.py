@@ -103,7 +103,8 @@ def main():
     base = {"recipe": "stage2", "data": {"controls": ["normal"], "size": SIZE},
             "train": {"max_sequence_length": TEXT, "latents": "mean"}, "lora": {"rank": 16, "alpha": 16},
             "output": {"dir": tmp}}
-    baseline = Stepper(pipe, load_config({**base, "stage2": {"baseline": True}}))
+    # one pipeline each (same seed, same weights): the two recipes' adapters share names
+    baseline = Stepper(pipeline(), load_config({**base, "stage2": {"baseline": True}}))
     stage2 = Stepper(pipe, load_config({**base, "stage2": {"shifters": shifter_path, "tau_b": tau_b}}))
     real, syn = samples()
     S, R = stage2.recipe.S, stage2.recipe.R
