@@ -18,21 +18,25 @@ def sample_set(pipe, prompt: str, controls: Optional[np.ndarray], count: int, si
     controls[i] ([count, C, S, S, 3], or None for unconditional sampling).
 
     target_adapters: LoRA adapters on the target branch (stage 2 trains a ``target`` LoRA
-    beside the ``control`` one). The pack's sample_realiz3d applies adapters to the control
-    branches only, so with target adapters the local copy of its loop below is used.
+    beside the ``control`` one). When the pack's sample_realiz3d does not take them (it applied
+    adapters to the control branches only at first), the local copy of its loop below is used.
     """
+    import inspect
+
     from realiz3d.sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
+    native = "target_adapters" in inspect.signature(sample_realiz3d).parameters
     out = []
     for i in range(count):
         s = Realiz3DSettings(steps=steps, guidance=guidance, width=size, height=size, seed=i,
                              max_sequence_length=CAPTION_TOKENS)
         c = None if controls is None else torch.from_numpy(controls[i])
-        if target_adapters:
+        if target_adapters and not native:
             out.append(_sample_with_target_lora(pipe, prompt, c, s, control_adapters, target_adapters, shifters,
                                                 schedule))
         else:
+            extra = {"target_adapters": tuple(target_adapters)} if native else {}
             out.append(sample_realiz3d(pipe, prompt, c, s, control_adapters=control_adapters, shifters=shifters,
-                                       schedule=schedule))
+                                       schedule=schedule, **extra))
     return torch.cat(out).numpy()
 
 

@@ -58,19 +58,22 @@ def pretrain_base(pipe, d: dict, z, work: str, log) -> dict:
     return {"losses": _every(result.losses), "train_s": seconds, "outputs": result.outputs}
 
 
-def train_realiz3d(pipe, z, work: str, log) -> dict:
-    """A: stage 1 then stage 2; returns what sampling needs (shifters, adapters, schedules)."""
+def train_realiz3d(pipe, z, work: str, log, after_stage1=None) -> dict:
+    """A: stage 1 then stage 2; returns what sampling needs (shifters, adapters, schedules).
+    after_stage1(shifters, stage-1 seconds), when given, runs between the stages (diagnostics)."""
     from realiz3d.adapters import load_shifters, make_schedule
     from realiz3d.engine.lora_files import attach_lora
     c1 = _config(work, "A_stage1", "stage1", z, z.stage1_steps, z.shifter_lr,
                  shifters={"rank": z.shifter_rank, "embed_dim": 32})
     r1, s1 = _train(c1, pipe, log)
+    shifters = load_shifters(r1.outputs["shifters"])
+    if after_stage1 is not None:
+        after_stage1(shifters, s1)
     c2 = _config(work, "A_stage2", "stage2", z, z.stage2_steps, z.lora_lr,
                  stage2={"shifters": r1.outputs["shifters"], "tau_b": z.tau_b})
     r2, s2 = _train(c2, pipe, log)
     tr = pipe.transformer
     n = len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
-    shifters = load_shifters(r1.outputs["shifters"])
     return {"shifters": shifters,
             "adapters": (attach_lora(tr, r2.outputs["control_lora"], "toyA_control", "control_lora"),),
             "target_adapters": (attach_lora(tr, r2.outputs["target_lora"], "toyA_target", "target_lora"),),

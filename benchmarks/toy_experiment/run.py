@@ -186,8 +186,16 @@ def main(argv=None) -> dict:
     add_row("base model, no control", evaluate.sample_set(pipe, data.CAPTION, None, **gen), eval_masks,
             base_out["train_s"], "IoU against the eval masks = chance level")
 
-    # A: Realiz3D
-    a = recipes.train_realiz3d(pipe, z, work, log)
+    # A: Realiz3D. Between its stages: what the stage-1 shifters alone do to the base (no control)
+    def shifters_alone(shifters, seconds):
+        from realiz3d.adapters import make_schedule
+        for preset in ("real", "synthetic"):
+            imgs = evaluate.sample_set(pipe, data.CAPTION, None, shifters=shifters, schedule=make_schedule(preset),
+                                       **gen)
+            add_row(f"base + stage-1 shifters, no control, schedule {preset}", imgs, eval_masks, seconds,
+                    "diagnostic: IoU against the eval masks = chance level")
+
+    a = recipes.train_realiz3d(pipe, z, work, log, after_stage1=shifters_alone)
     for label, schedule in a["schedules"].items():
         imgs_a = evaluate.sample_set(pipe, data.CAPTION, eval_controls, control_adapters=a["adapters"],
                                      target_adapters=a["target_adapters"],
