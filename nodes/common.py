@@ -36,3 +36,30 @@ def progress(total: int):
 
     check_cancel()
     return update
+
+
+def output_file(filename_prefix: str, extension: str, example: str) -> tuple[str, str, str]:
+    """(absolute path, file name, subfolder) of the next numbered file for ``filename_prefix``
+    under ComfyUI's output folder; InputError('filename_prefix') when the name would leave it
+    (absolute, '..', or a link out of the folder)."""
+    import os
+
+    import folder_paths
+
+    from ..renderers.errors import InputError
+
+    out_dir = folder_paths.get_output_directory()
+    message = (f"'{filename_prefix}' leaves ComfyUI's output folder; use a relative name such as '{example}'.")
+    parts = (filename_prefix or "").replace("\\", "/").split("/")
+    if not filename_prefix or os.path.isabs(filename_prefix) or ".." in parts:
+        raise InputError("filename_prefix", message)
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+    except Exception as exc:
+        raise InputError("filename_prefix", message) from exc
+    real_out = os.path.realpath(out_dir)
+    if os.path.commonpath([os.path.realpath(folder), real_out]) != real_out:
+        raise InputError("filename_prefix", message)
+    os.makedirs(folder, exist_ok=True)
+    filename = f"{name}_{counter:05}_.{extension}"
+    return os.path.join(folder, filename), filename, subfolder

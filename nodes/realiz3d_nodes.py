@@ -59,8 +59,11 @@ def _adapters(control, model):
     return (control["adapter"],)
 
 
-def _target_adapters(control) -> tuple:
-    return (control["target_adapter"],) if control is not None and control.get("target_adapter") else ()
+def _target_adapters(control) -> dict:
+    """{'target_adapters': (name,)} when Load Control LoRA attached a target LoRA, else {}."""
+    if control is not None and control.get("target_adapter"):
+        return {"target_adapters": (control["target_adapter"],)}
+    return {}
 
 
 class LoadDomainShifter(io.ComfyNode):
@@ -165,7 +168,7 @@ class Realiz3DSample(io.ComfyNode):
         s = Realiz3DSettings(steps=steps, guidance=guidance, width=width, height=height, batch=batch, seed=seed)
         image = sample_realiz3d(flux.pipeline, prompt, control_images, s, _adapters(control, flux), shifter,
                                 _schedule(schedule, flux, steps), progress(steps), flux.offload,
-                                _target_adapters(control))
+                                **_target_adapters(control))
         return io.NodeOutput(image)
 
 
@@ -197,5 +200,5 @@ class MultiviewGenerate(io.ComfyNode):
         s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
         views, _ = generate_multiview(flux.pipeline, mesh, cameras, prompt, s, view_size, columns, control_map,
                                       _adapters(control, flux), shifter, _schedule(schedule, flux, steps),
-                                      progress(steps), flux.offload, target_adapters=_target_adapters(control))
+                                      progress(steps), flux.offload, **_target_adapters(control))
         return io.NodeOutput(views, GeneratedViews(views, list(cameras), mesh))

@@ -1,15 +1,13 @@
 """Render Views and Save Point Cloud."""
 from __future__ import annotations
 
-import os
 
-import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..renderers import BACKENDS, MAX_RESOLUTION, bundle_points, depth_image, normal_image, render_views, write_ply
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, CamerasType, MeshType, PointCloudType, RenderType, progress
+from .common import CATEGORY, PREFIX, CamerasType, MeshType, PointCloudType, RenderType, output_file, progress
 
 
 def _t(array) -> torch.Tensor:
@@ -108,13 +106,6 @@ class SavePointCloud(io.ComfyNode):
             raise InputError("render" if render is not None else "point_cloud",
                              "has no foreground point (the object is out of frame, or the generated point map "
                              "is all background); nothing to save.")
-        out_dir = folder_paths.get_output_directory()
-        try:
-            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
-        except Exception as exc:
-            raise InputError("filename_prefix", f"'{filename_prefix}' leaves ComfyUI's output folder; use a "
-                                                "relative name such as 'realiz3d/pointcloud'.") from exc
-        os.makedirs(folder, exist_ok=True)
-        filename = f"{name}_{counter:05}_.ply"
-        write_ply(os.path.join(folder, filename), xyz, rgb, normals)
+        path, filename, subfolder = output_file(filename_prefix, "ply", "realiz3d/pointcloud")
+        write_ply(path, xyz, rgb, normals)
         return io.NodeOutput(ui={"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import logging
-import os
 
-import folder_paths
 import torch
 from comfy_api.latest import io
 
@@ -13,7 +11,7 @@ from ..renderers.bake import FILLS, BakeSettings, bake_texture
 from ..renderers.errors import InputError
 from ..renderers.mesh_export import write_glb
 from ..renderers.uv import UV_MODES
-from .common import CATEGORY, PREFIX, CamerasType, MeshType, ViewsType, progress
+from .common import CATEGORY, PREFIX, CamerasType, MeshType, ViewsType, output_file, progress
 
 log = logging.getLogger(__name__)
 TEXTURE_SIZES = ["512", "1024", "2048", "4096"]
@@ -115,16 +113,6 @@ class SaveTexturedMesh(io.ComfyNode):
 
     @classmethod
     def execute(cls, mesh, filename_prefix) -> io.NodeOutput:
-        out_dir = folder_paths.get_output_directory()
-        if not filename_prefix or os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):
-            raise InputError("filename_prefix", f"'{filename_prefix}' leaves ComfyUI's output folder (absolute or "
-                                                "'..'); use a relative name such as 'realiz3d/textured'.")
-        try:
-            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
-        except Exception as exc:
-            raise InputError("filename_prefix", f"'{filename_prefix}' leaves ComfyUI's output folder; use a "
-                                                "relative name such as 'realiz3d/textured'.") from exc
-        os.makedirs(folder, exist_ok=True)
-        filename = f"{name}_{counter:05}_.glb"
-        write_glb(mesh, os.path.join(folder, filename))
+        path, filename, subfolder = output_file(filename_prefix, "glb", "realiz3d/textured")
+        write_glb(mesh, path)
         return io.NodeOutput(ui={"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})

@@ -190,18 +190,7 @@ class ImageFolder(Dataset):
                  if not _is_control_file(n)]
         if not names:
             raise InputError(key, f"'{folder}' holds only control maps (NAME.<control>.png), no images.")
-        self.items, wrong_size = [], []
-        for n in names:
-            path = os.path.join(folder, n)
-            try:
-                self.items.append(self._check(path, wrong_size))
-            except BadSample as err:
-                self.scan.bad(err)
-        if wrong_size:
-            listed = ", ".join(f"{os.path.basename(p)} ({w}x{h})" for p, w, h in wrong_size[:5])
-            raise InputError("data.size", f"{len(wrong_size)} image(s) in '{folder}' are not {size}x{size}: {listed}"
-                                          f"{' ...' if len(wrong_size) > 5 else ''}. Resize them, or set "
-                                          "data.resize: crop to scale and centre-crop every image to data.size.")
+        self.items = _scan_items(folder, names, self._check, self.scan, size, "image(s)")
         if not self.items:
             raise InputError(key, f"no usable sample in '{folder}' (all {len(names)} were bad; see the log).")
 
@@ -337,17 +326,7 @@ class TripletFolder(Dataset):
         self.n_views, self.condition_size, self.backend, self.caption = n_views, condition_size, backend, caption
         self.scan = Scanner(key, on_bad, log)
         names = [n for n in list_files(folder, key, IMAGE_EXTENSIONS, "target images") if not _is_control_file(n)]
-        self.items, wrong_size = [], []
-        for n in names:
-            path = os.path.join(folder, n)
-            try:
-                self.items.append(self._check(path, wrong_size))
-            except BadSample as err:
-                self.scan.bad(err)
-        if wrong_size:
-            listed = ", ".join(f"{os.path.basename(p)} ({w}x{h})" for p, w, h in wrong_size[:5])
-            raise InputError("data.size", f"{len(wrong_size)} target image(s) in '{folder}' are not {size}x{size}: "
-                                          f"{listed}. Set data.resize: crop to scale and centre-crop them.")
+        self.items = _scan_items(folder, names, self._check, self.scan, size, "target image(s)")
         if not self.items:
             raise InputError(key, f"no usable triplet in '{folder}' (each needs NAME.png and NAME.json; see the log).")
         self.meshes = _MeshCache()
@@ -462,3 +441,20 @@ class Concat(Dataset):
                 return p.load(index)
             index -= len(p)
         raise IndexError(index)
+
+
+def _scan_items(folder: str, names: list, check, scan, size: int, what: str) -> list:
+    """check(path, wrong_size) of every file: malformed samples go to the scanner's policy; images
+    of another size than data.size (with data.resize: error) stop the run, listed by name."""
+    items, wrong_size = [], []
+    for n in names:
+        try:
+            items.append(check(os.path.join(folder, n), wrong_size))
+        except BadSample as err:
+            scan.bad(err)
+    if wrong_size:
+        listed = ", ".join(f"{os.path.basename(p)} ({w}x{h})" for p, w, h in wrong_size[:5])
+        raise InputError("data.size", f"{len(wrong_size)} {what} in '{folder}' are not {size}x{size}: {listed}"
+                                      f"{' ...' if len(wrong_size) > 5 else ''}. Resize them, or set data.resize: "
+                                      "crop to scale and centre-crop every image to data.size.")
+    return items
