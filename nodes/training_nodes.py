@@ -116,17 +116,26 @@ def _train(cfg_dict: dict, flux, steps: int, resume: bool, kind: str):
     has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".ckpt") for f in os.listdir(ckpts))
     if not resume and os.path.isdir(ckpts):
         shutil.rmtree(ckpts)
-    # progress only: cancelling is seen by should_stop, so the trainer writes a checkpoint first
+    # a cancel must reach the trainer through should_stop (it then writes a checkpoint and the
+    # outputs before returning), not as an exception in the middle of a step; ComfyUI's progress
+    # hook raises the interrupt (and clears the flag), so it is caught and remembered here
     pbar = comfy.utils.ProgressBar(steps)
+    cancelled = []
 
     def bar(done: int, total: int) -> None:
-        pbar.update_absolute(done, total)
+        try:
+            pbar.update_absolute(done, total)
+        except comfy.model_management.InterruptProcessingException:
+            cancelled.append(True)
+
+    def should_stop() -> bool:
+        return bool(cancelled) or comfy.model_management.processing_interrupted()
     # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights loaded
     # inside inference mode cannot take part in a backward pass until they are normal tensors
     with torch.inference_mode(False), torch.enable_grad():
         _normal_tensors(flux.pipeline.transformer)
         result = train(cfg, pipe=flux.pipeline, progress=bar,
-                       should_stop=comfy.model_management.processing_interrupted,
+                       should_stop=should_stop,
                        log=lambda msg: log.info("%s: %s", kind, msg), resume=ckpts if resume and has_ckpt else None)
     return result
 
@@ -152,7 +161,8 @@ def _curve(path) -> torch.Tensor:
 def _finish(result) -> None:
     """A cancelled run has written its checkpoint and outputs; end the prompt as cancelled."""
     if result.stopped:
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        comfy.model_management.interrupt_current_processing(False)     # the flag is consumed here
+        raise comfy.model_management.InterruptProcessingException()
 
 
 def _base(recipe: str, work: str, flux, steps, learning_rate, batch_size, size, seed, checkpoint_every) -> dict:
