@@ -77,12 +77,8 @@ class BakeTexture(io.ComfyNode):
         settings = BakeSettings(texture_size=int(texture_size), cos_power=cos_power, min_cos=min_cos,
                                 depth_tolerance=depth_tolerance, fill=fill, uv_mode=uv_mode, backend=backend)
         views = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else images
-        try:
-            result = bake_texture(mesh, views, list(cameras), settings, progress(len(cameras) + 1))
-        except InputError as exc:
-            if exc.input_name == "views" and generated is None:
-                raise InputError("images", str(exc).split(": ", 1)[1]) from exc
-            raise
+        result = bake_texture(mesh, views, list(cameras), settings, progress(len(cameras) + 1),
+                              views_name="generated" if generated is not None else "images")
         texture = torch.from_numpy(result.texture[..., :3]).float()[None] / 255.0
         seen = torch.from_numpy(result.seen).float()[None]
         notes = result.notes + [f"{result.coverage:.1%} of the texture's islands seen by a view; the rest filled "

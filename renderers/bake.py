@@ -79,16 +79,16 @@ def check_settings(s: BakeSettings) -> None:
         raise InputError("padding", f"must be from 0 to 64 texels (got {s.padding}).")
 
 
-def check_views(views: np.ndarray, cameras: list[Camera]) -> np.ndarray:
+def check_views(views: np.ndarray, cameras: list[Camera], input_name: str = "views") -> np.ndarray:
     """views: [V, H, W, 3 or 4] float in [0, 1] (or uint8), one per camera."""
     views = np.asarray(views)
     if views.ndim != 4 or views.shape[-1] not in (3, 4):
-        raise InputError("views", f"must be images [V, H, W, 3] (got shape {list(views.shape)}).")
+        raise InputError(input_name, f"must be images [V, H, W, 3] (got shape {list(views.shape)}).")
     if not cameras:
         raise InputError("cameras", "no cameras given; baking needs the camera of every view.")
     if len(views) != len(cameras):
         few = len(views) < len(cameras)
-        raise InputError("views", f"{len(views)} images for {len(cameras)} cameras: "
+        raise InputError(input_name, f"{len(views)} images for {len(cameras)} cameras: "
                                   f"{'fewer views than cameras' if few else 'more views than cameras'}. Give one "
                                   "image per camera, in the cameras' order (e.g. the views of Multiview Generate "
                                   "with the rig that generated them).")
@@ -96,19 +96,20 @@ def check_views(views: np.ndarray, cameras: list[Camera]) -> np.ndarray:
         views = views.astype(np.float32) / 255.0
     views = views[..., :3].astype(np.float32)
     if not np.isfinite(views).all():
-        raise InputError("views", "contain NaN or infinite values.")
+        raise InputError(input_name, "contain NaN or infinite values.")
     return np.clip(views, 0.0, 1.0)
 
 
 def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings: Optional[BakeSettings] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> BakeResult:
+                 progress: Optional[Callable[[int, int], None]] = None, views_name: str = "views") -> BakeResult:
     """Back-project ``views`` (one per camera, in the render frame of ``mesh``) into a texture.
 
     progress(done, total) is called after each view and after the fill; it may raise to cancel.
+    views_name: the input named in errors about the views.
     """
     s = settings or BakeSettings()
     check_settings(s)
-    views = check_views(views, cameras)
+    views = check_views(views, cameras, views_name)
     check_cameras_outside(mesh, cameras)
     size = int(s.texture_size)
     total = len(cameras) + 1
@@ -135,15 +136,16 @@ def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings:
     v32 = torch.from_numpy(atlas.vertices.astype(np.float32))
     point = sum(bary[:, i:i + 1] * v32.index_select(0, corners[:, i]) for i in range(3))
     del bary, corners
-    fn = face_normals(mesh.vertices, mesh.faces)
+    vertices, faces = mesh.vertices, mesh.faces      # concatenated from the parts on every access
+    fn = face_normals(vertices, faces)
     face_t = torch.from_numpy(face)
     normal = torch.from_numpy(fn.astype(np.float32)).index_select(0, face_t)
     lo, hi = mesh.bounds
     tolerance = float(s.depth_tolerance * np.linalg.norm(hi - lo))
 
-    vis = make_visibility(s.backend, mesh.vertices, mesh.faces)
-    plane = np.einsum("fk,fk->f", fn, mesh.vertices[mesh.faces[:, 0]])
-    closed = is_closed(mesh.vertices, mesh.faces)
+    vis = make_visibility(s.backend, vertices, faces)
+    plane = np.einsum("fk,fk->f", fn, vertices[faces[:, 0]])
+    closed = is_closed(vertices, faces)
     acc = torch.zeros((len(flat), 3))
     wsum = torch.zeros(len(flat))
     for k, cam in enumerate(cameras):

@@ -17,6 +17,7 @@ from .errors import InputError
 #: a UV layout is unusable for baking when more than this fraction of its area is degenerate or
 #: overlapping (mirrored/stacked islands would receive several surfaces' colours at once)
 MAX_BAD_FRACTION = 0.01
+UV_MODES = ("auto", "keep", "unwrap")
 
 
 @dataclass
@@ -95,8 +96,6 @@ def make_atlas(vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray]
     return unwrap(vertices, faces, texture_size, padding, reason, poll=poll)
 
 
-UV_MODES = ("auto", "keep", "unwrap")
-
 #: xatlas runs in a child process: it crashes (segfaults) on some meshes, and a crash there must
 #: not take the host down. The child needs only numpy and xatlas.
 _XATLAS_CHILD = r"""
@@ -125,15 +124,11 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: 
     try:
         vmapping, indices, uvs = _xatlas(vertices, faces, texture_size, padding, timeout, poll)
         if len(indices) != len(faces):
-            raise RuntimeError(f"it returned {len(indices)} faces for {len(faces)}")
+            raise _XatlasFailed(f"it returned {len(indices)} faces for {len(faces)}")
     except _XatlasFailed as exc:
         atlas = grid_unwrap(vertices, faces, texture_size, padding)
         atlas.note = (f"UVs made by the per-triangle grid layout ({reason}; xatlas could not chart this mesh: "
                       f"{exc}). Every triangle is its own island, so seams show at triangle edges.")
-        return atlas
-    except RuntimeError as exc:
-        atlas = grid_unwrap(vertices, faces, texture_size, padding)
-        atlas.note = f"UVs made by the per-triangle grid layout ({reason}; xatlas: {exc})."
         return atlas
     return Atlas(vertices[vmapping], indices, uvs, vmapping, True, f"UVs unwrapped with xatlas: {reason}.")
 

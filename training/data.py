@@ -9,6 +9,8 @@ truncated after its header) follow the same policy when they are drawn.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import math
 import os
@@ -55,16 +57,16 @@ class BadSample(Exception):
         super().__init__(f"{path}: {reason}")
 
 
-class Dataset:
+class Dataset(ABC):
     """Base of the datasets: ``len``, ``load(i) -> Sample`` (raises BadSample), ``key`` (config key)."""
 
     key = ""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def load(self, index: int) -> Sample:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, index: int) -> Sample: ...
 
 
 class MemoryDataset(Dataset):

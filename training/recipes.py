@@ -22,6 +22,8 @@ function of (weights, seed, step) and resuming reproduces it bit for bit.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import contextlib
 import copy
 import os
@@ -64,7 +66,7 @@ class Plan:
         return self.frozen, self.domains, self.controls
 
 
-class Recipe:
+class Recipe(ABC):
     """Base: frozen encoders, caches, the engine and the trainable parameters."""
 
     name = ""
@@ -83,18 +85,18 @@ class Recipe:
         self.engine: Optional[FluxEngine] = None
 
     # ---------------------------------------------------------------- interface
-    def trainables(self) -> "OrderedDict[str, nn.Parameter]":
-        raise NotImplementedError
+    @abstractmethod
+    def trainables(self) -> "OrderedDict[str, nn.Parameter]": ...
 
-    def plan(self, sample: Sample, gen: torch.Generator) -> Plan:
-        raise NotImplementedError
+    @abstractmethod
+    def plan(self, sample: Sample, gen: torch.Generator) -> Plan: ...
 
+    @abstractmethod
     def run_group(self, samples: list, plans: list, gens: list) -> torch.Tensor:
         """Per-sample losses [k] (with their graph) of samples that share a plan structure."""
-        raise NotImplementedError
 
-    def write_outputs(self, out_dir: str) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def write_outputs(self, out_dir: str) -> dict: ...
 
     def layout(self) -> dict:
         """What a checkpoint must match to be resumed by this recipe."""
