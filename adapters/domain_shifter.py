@@ -38,8 +38,10 @@ class ShifterConfig:
 
     @classmethod
     def for_transformer(cls, transformer, **kw) -> "ShifterConfig":
-        c = transformer.config
-        return cls(c.num_layers, c.num_single_layers, c.num_attention_heads * c.attention_head_dim, **kw)
+        """The layout of a diffusers transformer, a BFL/ComfyUI Flux module or engine FluxLayers."""
+        from ..engine.layers import flux_layers
+        layers = flux_layers(transformer)
+        return cls(layers.num_double, layers.num_single, layers.hidden, **kw)
 
 
 class DomainShifter(nn.Module):

@@ -1,7 +1,7 @@
 """The branched Flux engine shared by RefAny3D and Realiz3D (SPEC.md section 1).
 
     from realiz3d.engine import Branch, FluxEngine
-    engine = FluxEngine(transformer)                 # a diffusers FluxTransformer2DModel
+    engine = FluxEngine(transformer)   # diffusers FluxTransformer2DModel or ComfyUI's Flux module
     out = engine(branches, group_mask, pooled)       # {branch index: prediction [B, N, C]}
 
 Every input is a list of token branches, each with its own timestep, guidance, domain tag,
@@ -12,6 +12,7 @@ diffusers' FluxTransformer2DModel computes.
 from .attention import block_sparse_attention, dense_mask, dense_masked_attention, grouped_attention
 from .branches import Branch
 from .flux_engine import FluxEngine, KVCache
+from .layers import DiffusersFluxLayers, FluxLayers, flux_layers
 from .lora import apply_linear
 
-__all__ = ["Branch", "FluxEngine", "KVCache", "apply_linear", "block_sparse_attention", "dense_mask", "dense_masked_attention", "grouped_attention"]
+__all__ = ["Branch", "DiffusersFluxLayers", "FluxEngine", "FluxLayers", "KVCache", "flux_layers", "apply_linear", "block_sparse_attention", "dense_mask", "dense_masked_attention", "grouped_attention"]

@@ -1,9 +1,10 @@
-"""A Flux MM-DiT run as token branches (SPEC.md section 1), on a diffusers FluxTransformer2DModel.
+"""A Flux MM-DiT run as token branches (SPEC.md section 1), on any weight layout of engine.layers
+(diffusers' FluxTransformer2DModel, or Black Forest Labs' layout as ComfyUI builds it).
 
-The engine reuses the transformer's modules and weights and only re-orders the computation:
+The engine reuses the model's modules and weights and only re-orders the computation:
 every branch gets its own modulation (AdaLN from its own timestep embedding), projections,
 norms, RoPE and MLP; attention is joint over the branches a group mask allows. Nothing of the
-transformer is modified, so one cached model serves plain and branched sampling alike.
+model is modified, so one model serves plain and branched sampling (and the host's other nodes) alike.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import contextlib
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import grouped_attention
 from .branches import Branch
-from .lora import apply_linear
+from .layers import FluxLayers, flux_layers
 
 
 class KVCache:
@@ -43,8 +43,10 @@ class KVCache:
 
 
 class FluxEngine:
-    """Branched forward of a diffusers ``FluxTransformer2DModel``.
+    """Branched forward of a Flux transformer.
 
+    model: a diffusers ``FluxTransformer2DModel``, a BFL-layout Flux module (ComfyUI's
+    ``diffusion_model``), or a :class:`engine.layers.FluxLayers` over either.
     domain_embedder: optional module mapping a LongTensor of domain tags [B] to [B, D]; its
     output is added to the timestep embedding of every branch whose ``domain`` is set
     (RefAny3D's Embedding(2, 256) -> Linear -> SiLU -> Linear).
@@ -59,44 +61,39 @@ class FluxEngine:
     them (torch.utils.checkpoint per block): less memory for training, one more forward.
     """
 
-    def __init__(self, transformer: nn.Module, domain_embedder: Optional[nn.Module] = None, attention=None,
+    def __init__(self, model, domain_embedder: Optional[nn.Module] = None, attention=None,
                  shifters: Optional[nn.Module] = None, trace: Optional[list] = None, precompute_shifts: bool = True,
                  checkpointing: bool = False):
-        self.transformer = transformer
+        self.layers: FluxLayers = flux_layers(model)
         self.domain_embedder = domain_embedder
         self.attention = attention or grouped_attention
-        self.has_guidance = bool(transformer.config.guidance_embeds)
+        self.has_guidance = self.layers.has_guidance
         self.shifters, self.trace = shifters, trace
         self.shift_table = None
         self.checkpointing = checkpointing
         if shifters is not None:
-            shifters.check_fits(transformer)
+            shifters.check_fits(self.layers)
             if shifters.cfg.variant == "bias" and precompute_shifts:
-                self.shift_table = shifters.precompute().to(self.dtype).to(transformer.x_embedder.weight.device)
+                self.shift_table = shifters.precompute().to(self.layers.device, self.dtype)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
+        return self.layers.num_blocks
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.x_embedder.weight.dtype
+        return self.layers.dtype
 
     def time_embedding(self, branch: Branch, pooled: torch.Tensor) -> torch.Tensor:
         """[B, D]: timestep (+ guidance) + pooled text, plus the domain embedding of the branch."""
-        t = self.transformer
-        ts = branch.timestep.to(self.dtype) * 1000
-        if self.has_guidance:
-            if branch.guidance is None:
-                raise ValueError(f"branch '{branch.name}': this model embeds guidance; give a guidance value")
-            emb = t.time_text_embed(ts, branch.guidance.to(self.dtype) * 1000, pooled)
-        else:
-            emb = t.time_text_embed(ts, pooled)
+        if self.has_guidance and branch.guidance is None:
+            raise ValueError(f"branch '{branch.name}': this model embeds guidance; give a guidance value")
+        emb = self.layers.time_embedding(branch.timestep, branch.guidance, pooled)
         if branch.domain is not None:
             if self.domain_embedder is None:
                 raise ValueError(f"branch '{branch.name}' has domain tag {branch.domain} but no domain embedder "
                                  "is attached")
-            tags = torch.full((ts.shape[0],), branch.domain, dtype=torch.long, device=ts.device)
+            tags = torch.full((emb.shape[0],), branch.domain, dtype=torch.long, device=emb.device)
             emb = emb + self.domain_embedder(tags).to(emb.dtype)
         return emb
 
@@ -116,20 +113,19 @@ class FluxEngine:
         under ``torch.no_grad()``: the backward pass stops at block ``frozen_blocks``, so those
         blocks' weights and adapters, their shifters and the input embedders get no gradient
         from this forward and cost no backward time (Realiz3D's layer-aware training)."""
-        t = self.transformer
+        L = self.layers
         if not 0 <= frozen_blocks <= self.num_blocks:
             raise ValueError(f"frozen_blocks must be within [0, {self.num_blocks}] (got {frozen_blocks})")
+        L.check_adapters({a for b in branches for a in b.adapters})
         if kv_cache is not None:
             kv_cache.check(group_mask, len(branches))
         skip = kv_cache.branches if kv_cache is not None and kv_cache.filled else set()
         with torch.no_grad() if frozen_blocks else contextlib.nullcontext():   # only frozen blocks read them
-            xs = [None if i in skip else
-                  apply_linear(t.context_embedder if b.is_text else t.x_embedder, b.tokens.to(self.dtype), b.adapters)
-                  for i, b in enumerate(branches)]
+            xs = [None if i in skip else L.embed(b.tokens, b.is_text, b.adapters) for i, b in enumerate(branches)]
         tembs = self._time_embeddings(branches, pooled)
-        ropes = [None if i in skip else t.pos_embed(b.ids) for i, b in enumerate(branches)]
-        blocks = ([(self._double_block, b) for b in t.transformer_blocks]
-                  + [(self._single_block, b) for b in t.single_transformer_blocks])
+        ropes = [None if i in skip else L.rope(b.ids) for i, b in enumerate(branches)]
+        blocks = ([(self._double_block, i) for i in range(L.num_double)]
+                  + [(self._single_block, i) for i in range(L.num_single)])
         for layer, (run, block) in enumerate(blocks):
             frozen = layer < frozen_blocks
             with torch.no_grad() if frozen else contextlib.nullcontext():
@@ -143,14 +139,7 @@ class FluxEngine:
         if kv_cache is not None:
             kv_cache.filled = True
         wanted = outputs if outputs is not None else [i for i, b in enumerate(branches) if not b.is_text]
-        result = {}
-        for i in wanted:
-            norm = t.norm_out
-            emb = apply_linear(norm.linear, F.silu(tembs[i]).to(xs[i].dtype), branches[i].adapters)
-            scale, shift = emb.chunk(2, dim=1)
-            x = norm.norm(xs[i]) * (1 + scale)[:, None, :] + shift[:, None, :]
-            result[i] = apply_linear(t.proj_out, x, branches[i].adapters)
-        return result
+        return {i: L.final(xs[i], tembs[i], branches[i].adapters) for i in wanted}
 
     def _shift(self, block: int, branches, xs):
         """Add each scheduled branch's domain shift before ``block``."""
@@ -200,25 +189,18 @@ class FluxEngine:
             out.append(cache[key])
         return out
 
-    def _qkv(self, attn, x, adapters, text: bool, rope):
-        proj = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj) if text else (attn.to_q, attn.to_k, attn.to_v)
-        norms = (attn.norm_added_q, attn.norm_added_k) if text else (attn.norm_q, attn.norm_k)
-        q, k, v = (apply_linear(p, x, adapters).unflatten(-1, (-1, attn.head_dim)) for p in proj)
-        q, k = norms[0](q), norms[1](k)
-        return _rope(q, rope), _rope(k, rope), v
-
-    def _double_block(self, block, branches, xs, tembs, ropes, mask, kv=None):
+    def _double_block(self, i, branches, xs, tembs, ropes, mask, kv=None):
+        L = self.layers
         mods, qs, ks, vs = [], [], [], []
         for b, x, temb, rope in zip(branches, xs, tembs, ropes):
             if x is None:                       # read from the KV cache
                 mods.append(None), qs.append(None), ks.append(None), vs.append(None)
                 continue
-            norm = block.norm1_context if b.is_text else block.norm1
-            emb = apply_linear(norm.linear, F.silu(temb), b.adapters)
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
-            h = norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
-            q, k, v = self._qkv(block.attn, h, b.adapters, b.is_text, rope)
-            qs.append(q), ks.append(k), vs.append(v)
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = L.double_modulation(i, temb, b.is_text,
+                                                                                                 b.adapters)
+            h = L.double_norm(i, x, b.is_text, False) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+            q, k, v = L.double_qkv(i, h, b.is_text, b.adapters)
+            qs.append(L.apply_rope(q, rope)), ks.append(L.apply_rope(k, rope)), vs.append(v)
             mods.append((gate_msa, shift_mlp, scale_mlp, gate_mlp))
         attended = self._attend(qs, ks, vs, mask, kv)
         out = []
@@ -228,26 +210,24 @@ class FluxEngine:
                 continue
             gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
             o = o.flatten(2, 3).to(x.dtype)
-            proj = block.attn.to_add_out if b.is_text else block.attn.to_out[0]
-            x = x + gate_msa.unsqueeze(1) * apply_linear(proj, o, b.adapters)
-            norm2, ff = (block.norm2_context, block.ff_context) if b.is_text else (block.norm2, block.ff)
-            h = norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-            x = x + gate_mlp.unsqueeze(1) * _feed_forward(ff, h, b.adapters)
+            x = x + gate_msa.unsqueeze(1) * L.double_attn_out(i, o, b.is_text, b.adapters)
+            h = L.double_norm(i, x, b.is_text, True) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            x = x + gate_mlp.unsqueeze(1) * L.double_mlp(i, h, b.is_text, b.adapters)
             out.append(_clip_fp16(x))
         return out
 
-    def _single_block(self, block, branches, xs, tembs, ropes, mask, kv=None):
+    def _single_block(self, i, branches, xs, tembs, ropes, mask, kv=None):
+        L = self.layers
         gates, mlps, qs, ks, vs = [], [], [], [], []
         for b, x, temb, rope in zip(branches, xs, tembs, ropes):
             if x is None:
                 gates.append(None), mlps.append(None), qs.append(None), ks.append(None), vs.append(None)
                 continue
-            emb = apply_linear(block.norm.linear, F.silu(temb), b.adapters)
-            shift, scale, gate = emb.chunk(3, dim=1)
-            h = block.norm.norm(x) * (1 + scale[:, None]) + shift[:, None]
-            mlps.append(block.act_mlp(apply_linear(block.proj_mlp, h, b.adapters)))
-            q, k, v = self._qkv(block.attn, h, b.adapters, False, rope)
-            qs.append(q), ks.append(k), vs.append(v)
+            shift, scale, gate = L.single_modulation(i, temb, b.adapters)
+            h = L.single_norm(i, x) * (1 + scale[:, None]) + shift[:, None]
+            q, k, v, mlp = L.single_qkv_mlp(i, h, b.adapters)
+            mlps.append(mlp)
+            qs.append(L.apply_rope(q, rope)), ks.append(L.apply_rope(k, rope)), vs.append(v)
             gates.append(gate)
         attended = self._attend(qs, ks, vs, mask, kv)
         out = []
@@ -256,20 +236,8 @@ class FluxEngine:
                 out.append(None)
                 continue
             h = torch.cat([o.flatten(2, 3).to(x.dtype), mlp], dim=2)
-            out.append(_clip_fp16(x + gate.unsqueeze(1) * apply_linear(block.proj_out, h, b.adapters)))
+            out.append(_clip_fp16(x + gate.unsqueeze(1) * L.single_out(i, h, b.adapters)))
         return out
-
-
-def _rope(x: torch.Tensor, rope) -> torch.Tensor:
-    from diffusers.models.embeddings import apply_rotary_emb
-    return apply_rotary_emb(x, rope, sequence_dim=1)
-
-
-def _feed_forward(ff, x, adapters):
-    """diffusers FeedForward (GELU-tanh projection, dropout, linear) with per-branch LoRA."""
-    gelu = ff.net[0]
-    h = F.gelu(apply_linear(gelu.proj, x, adapters), approximate=gelu.approximate)
-    return apply_linear(ff.net[2], h, adapters)
 
 
 def _clip_fp16(x: torch.Tensor) -> torch.Tensor:

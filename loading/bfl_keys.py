@@ -259,3 +259,31 @@ def infer_flux_config(state_dict: StateDict) -> dict:
                                for k in sd),
         "axes_dims_rope": list(rope_axes(int(head_dim))),
     }
+
+
+def bfl_lora_target(module: str):
+    """Where a LoRA on diffusers' linear ``module`` acts in the BFL layout: (BFL linear, index of
+    the part along the fused output in units of the hidden size, halves swapped) or None.
+
+    ``transformer_blocks.3.attn.to_k`` -> ('double_blocks.3.img_attn.qkv', 1, False);
+    ``single_transformer_blocks.0.proj_mlp`` -> ('single_blocks.0.linear1', 3, False);
+    ``norm_out.linear`` -> ('final_layer.adaLN_modulation.1', 0, True). Uses the same tables as
+    the weight converters above."""
+    m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
+    if m is None:
+        if module == _FINAL_ADALN[1]:
+            return _FINAL_ADALN[0], 0, True
+        for bfl, diff in _TOP_RENAMES:
+            if diff == module:
+                return bfl, 0, False
+        return None
+    kind, i, rest = m.groups()
+    double = kind == "transformer_blocks"
+    prefix = f"{'double_blocks' if double else 'single_blocks'}.{i}."
+    for bfl, diff in (_DOUBLE_RENAMES if double else _SINGLE_RENAMES):
+        if diff == rest and not bfl.endswith(".scale"):
+            return prefix + bfl, 0, False
+    for fused, parts in (_DOUBLE_FUSED if double else [_SINGLE_FUSED]):
+        if rest in parts:
+            return prefix + fused, parts.index(rest), False
+    return None

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from ..engine import Branch, FluxEngine, KVCache
-from ..loading.offload import Offload, no_offload
+from ..loading.offload import Offload
 from ..renderers.errors import InputError
-from ..sampling.flow import decode_latents, encode_images, flux_timesteps
+from ..sampling.flow import decode_latents, encode_images, flux_timesteps, initial_noise
+from ..sampling.runtime import as_runtime, encode_prompt, step_memory_bytes
 from . import layout
 from .weights import RefAny3DWeights
 
@@ -57,15 +58,17 @@ def check_settings(s: RefAny3DSettings) -> None:
 
 
 @torch.no_grad()
-def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor, point_views: torch.Tensor,
+def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, point_views: torch.Tensor,
            settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None,
            offload: Optional[Offload] = None):
     """Generate images and point maps referenced by rendered views of a mesh.
 
-    pipe: a diffusers FluxPipeline (its transformer, VAE, text encoders, tokenizers, scheduler);
+    model: a sampling.runtime.FluxRuntime (a host's MODEL and VAE, or the pack's own model), or a
+    diffusers FluxPipeline; prompt: a TextConditioning, or a string for the pack's own pipeline;
     rgb_views, point_views: [V, S, S, 3] in [0, 1] (unlit RGB and per-axis point maps).
-    offload: keep the weights on the CPU and move each component to ``offload.device`` only
-    while it runs.
+    offload (FluxPipeline only): keep the weights on the CPU and move each component to
+    ``offload.device`` only while it runs. Guidance: the conditioning's FluxGuidance value when
+    it has one, else ``settings.guidance``.
     Returns (rgb [B, H, W, 3], point_map [B, H, W, 3]), float in [0, 1].
     """
     check_settings(settings)
@@ -73,30 +76,33 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
         raise InputError("views", f"RGB views {tuple(rgb_views.shape)} and point-map views "
                                   f"{tuple(point_views.shape)} must both be [V, H, W, 3] and equal in size.")
     n_views, cond_h, cond_w = rgb_views.shape[0], rgb_views.shape[1], rgb_views.shape[2]
+    if n_views < 1:
+        raise InputError("views", "no condition views: render at least one view of the mesh.")
     if cond_h % 16 or cond_w % 16:
-        raise InputError("views", f"condition views are {cond_w}x{cond_h}; their size must be a multiple of 16.")
+        raise InputError("condition_size", f"condition views are {cond_w}x{cond_h}; their size must be a multiple "
+                                           "of 16.")
     s, B = settings, settings.batch
-    device = offload.device if offload is not None else pipe.transformer.device
-    use = offload.use if offload is not None else no_offload
-    dtype = pipe.transformer.x_embedder.weight.dtype
+    rt = as_runtime(model, offload)
+    L = rt.layers_for(weights.side)
+    weights.check_fits(L)
+    device, dtype = rt.device, L.dtype
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
-
-    with use(pipe.text_encoder, pipe.text_encoder_2):
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
-                                                             num_images_per_prompt=B,
-                                                             max_sequence_length=s.max_sequence_length)
-    channels = pipe.transformer.config.in_channels // 4
-    latents, ids = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)
-    point_latents, _ = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)   # own noise
+    text = encode_prompt(rt, prompt, B, s.max_sequence_length)
+    text.check_fits(L)
+    prompt_embeds, pooled, text_ids = text.for_batch(B, device, dtype)
+    g_value = text.guidance if text.guidance is not None else s.guidance
+    latents, ids = initial_noise(B, L.in_channels // 4, s.height, s.width, dtype, device, gen)
+    point_latents, _ = initial_noise(B, L.in_channels // 4, s.height, s.width, dtype, device, gen)   # own noise
 
     offset = -cond_w / 16.0          # one condition width to the left, in latent-patch units
     views = torch.cat([rgb_views, point_views]).float()
     black_tokens = None
-    with use(pipe.vae):
-        cond_tokens, cond_ids = encode_images(pipe, views, gen, s.condition_latents)
+    with rt.load_codec():
+        cond_tokens, cond_ids = encode_images(rt.codec, views, gen, s.condition_latents)
         if s.image_cfg != 1.0:
-            black_tokens, _ = encode_images(pipe, torch.zeros_like(views), gen, s.condition_latents)
-    cond_ids = cond_ids.clone()
+            black_tokens, _ = encode_images(rt.codec, torch.zeros_like(views), gen, s.condition_latents)
+    cond_tokens, cond_ids = cond_tokens.to(device, dtype), cond_ids.to(device, dtype).clone()
+    black_tokens = None if black_tokens is None else black_tokens.to(device, dtype)
     cond_ids[:, 2] += offset
 
     tags, adapters = layout.domain_tags(n_views), layout.adapters(n_views)
@@ -105,9 +111,8 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
     unc_mask = mask if s.kv_cache else None          # the reference's black-condition pass has no mask
     conditions = list(range(3, 3 + 2 * n_views))
     caches = (KVCache(conditions), KVCache(conditions)) if s.kv_cache else (None, None)
-    engine = FluxEngine(pipe.transformer, weights.domain_embedder)
-    guidance = torch.full((B,), s.guidance, device=device) if engine.has_guidance else None
-    cond_guidance = torch.ones(B, device=device) if engine.has_guidance else None
+    guidance = torch.full((B,), g_value, device=device) if L.has_guidance else None
+    cond_guidance = torch.ones(B, device=device) if L.has_guidance else None
 
     def branches(t, rgb_latents, pts_latents, conditions) -> list[Branch]:
         out = [Branch(prompt_embeds, text_ids, t, guidance, is_text=True, name="text"),
@@ -119,8 +124,10 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
                               adapters[3 + k], tags[3 + k], name=f"view{k}"))
         return out
 
-    timesteps, schedulers = flux_timesteps(pipe, s.steps, latents.shape[1], device, count=2)
-    with use(pipe.transformer, weights.domain_embedder):
+    lengths = [prompt_embeds.shape[1], latents.shape[1], latents.shape[1]] + [cond_tokens.shape[1]] * 2 * n_views
+    timesteps, schedulers = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device, count=2)
+    with rt.load(step_memory_bytes(L, lengths, B), weights.domain_embedder):
+        engine = FluxEngine(L, weights.domain_embedder)
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
             out = engine(branches(t_b, latents, point_latents, cond_tokens), mask, pooled, outputs=[1, 2],
@@ -135,9 +142,9 @@ def sample(pipe, weights: RefAny3DWeights, prompt: str, rgb_views: torch.Tensor,
             point_latents = schedulers[1].step(v_pts, t, point_latents, return_dict=False)[0]
             if progress is not None:
                 progress(i + 1, len(timesteps))
-    with use(pipe.vae):
-        return (decode_latents(pipe, latents, s.height, s.width),
-                decode_latents(pipe, point_latents, s.height, s.width))
+    with rt.load_codec():
+        return (decode_latents(rt.codec, latents, s.height, s.width),
+                decode_latents(rt.codec, point_latents, s.height, s.width))
 
 
 def decode_point_map(point_map: np.ndarray, asset_bounds: np.ndarray, background_threshold: float = 0.95):

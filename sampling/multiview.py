@@ -55,8 +55,9 @@ def control_maps(bundle: RenderBundle, kind: str) -> torch.Tensor:
 
 def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: int = 256, columns: int = 2,
                        control: str = "normal", control_adapters: tuple = (), shifters=None, schedule=None,
-                       progress=None, offload=None, backend: str = "auto", target_adapters: tuple = ()):
-    """Views [V, S, S, 3] of ``mesh`` from ``cameras``, generated jointly as one grid image under
+                       progress=None, offload=None, backend: str = "auto", target_adapters: tuple = (), side=None):
+    """pipe: a sampling.runtime.FluxRuntime or a FluxPipeline; prompt: a TextConditioning or a
+    string (see sample_realiz3d). Views [V, S, S, 3] of ``mesh`` from ``cameras``, generated jointly as one grid image under
     the grid of its geometry maps; returns (views, render bundle of the controls). ``settings``
     is a Realiz3DSettings whose width/height are replaced by the grid's size."""
     from dataclasses import replace
@@ -71,5 +72,5 @@ def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: in
     grid = make_grid(control_maps(bundle, control), cols)
     s = replace(settings, width=cols * view_size, height=rows * view_size)
     image = sample_realiz3d(pipe, prompt, grid[None], s, control_adapters, shifters, schedule, progress, offload,
-                            target_adapters)
+                            target_adapters, side)
     return split_grid(image[0], len(cameras), cols), bundle

@@ -10,9 +10,10 @@ import torch
 
 from ..adapters import DomainSchedule, DomainShifters
 from ..engine import Branch, FluxEngine
-from ..loading.offload import Offload, no_offload
+from ..loading.offload import Offload
 from ..renderers.errors import InputError
-from .flow import decode_latents, encode_images, flux_timesteps
+from .flow import decode_latents, encode_images, flux_timesteps, initial_noise
+from .runtime import as_runtime, encode_prompt, step_memory_bytes
 
 
 @dataclass
@@ -31,16 +32,21 @@ class Realiz3DSettings:
 
 
 @torch.no_grad()
-def sample_realiz3d(pipe, prompt: str, controls: Optional[torch.Tensor], settings: Realiz3DSettings,
+def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: Realiz3DSettings,
                     control_adapters: tuple[str, ...] = (), shifters: Optional[DomainShifters] = None,
                     schedule: Optional[DomainSchedule] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
-                    offload: Optional[Offload] = None, target_adapters: tuple[str, ...] = ()) -> torch.Tensor:
+                    offload: Optional[Offload] = None, target_adapters: tuple[str, ...] = (),
+                    side=None) -> torch.Tensor:
     """Images [B, H, W, 3] in [0, 1].
 
+    model: a sampling.runtime.FluxRuntime or a diffusers FluxPipeline; prompt: a
+    TextConditioning (its FluxGuidance value, when set, wins over ``settings.guidance``) or a
+    string for the pack's own pipeline.
     controls: [C, H, W, 3] geometry maps in [0, 1] aligned with the target (normal, point map,
     depth), one condition branch each, or None; control_adapters: the control LoRA's adapter
-    names (see engine.lora_files.attach_lora). Without shifters the schedule must be None.
+    names (engine.lora_files.attach_lora on the pack's model; names in ``side``, an
+    engine.side_lora.SideLoRAs, on a host's model). Without shifters the schedule must be None.
     target_adapters: adapters of the target branch (stage 2's target LoRA, see training/README.md).
     """
     s = settings
@@ -56,33 +62,36 @@ def sample_realiz3d(pipe, prompt: str, controls: Optional[torch.Tensor], setting
         raise InputError("controls", f"control maps are {controls.shape[2]}x{controls.shape[1]} but the image "
                                      f"is {s.width}x{s.height}; controls must be spatially aligned (same size).")
     B = s.batch
-    device = offload.device if offload is not None else pipe.transformer.device
-    use = offload.use if offload is not None else no_offload
-    dtype = pipe.transformer.x_embedder.weight.dtype
+    rt = as_runtime(model, offload)
+    L = rt.layers_for(side)
+    if shifters is not None:
+        shifters.check_fits(L)
+    device, dtype = rt.device, L.dtype
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
-    with use(pipe.text_encoder, pipe.text_encoder_2):
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
-                                                             num_images_per_prompt=B,
-                                                             max_sequence_length=s.max_sequence_length)
-    channels = pipe.transformer.config.in_channels // 4
-    latents, ids = pipe.prepare_latents(B, channels, s.height, s.width, dtype, device, gen)
+    text = encode_prompt(rt, prompt, B, s.max_sequence_length)
+    text.check_fits(L)
+    prompt_embeds, pooled, text_ids = text.for_batch(B, device, dtype)
+    latents, ids = initial_noise(B, L.in_channels // 4, s.height, s.width, dtype, device, gen)
     cond_tokens = None
     if controls is not None:
-        with use(pipe.vae):
-            cond_tokens, cond_ids = encode_images(pipe, controls.float(), gen, s.condition_latents)
-    has_g = bool(pipe.transformer.config.guidance_embeds)
-    guidance = torch.full((B,), s.guidance, device=device) if has_g else None
-    n_blocks = len(pipe.transformer.transformer_blocks) + len(pipe.transformer.single_transformer_blocks)
-    timesteps, (scheduler,) = flux_timesteps(pipe, s.steps, latents.shape[1], device)
+        with rt.load_codec():
+            cond_tokens, cond_ids = encode_images(rt.codec, controls.float(), gen, s.condition_latents)
+        cond_tokens, cond_ids = cond_tokens.to(device, dtype), cond_ids.to(device, dtype)
+    has_g = L.has_guidance
+    g_value = text.guidance if text.guidance is not None else s.guidance
+    guidance = torch.full((B,), g_value, device=device) if has_g else None
+    timesteps, (scheduler,) = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device)
 
     def block_domains(step: int):
         if shifters is None:
             return None
-        names = (schedule or DomainSchedule("real")).domains(step, len(timesteps), n_blocks)
+        names = (schedule or DomainSchedule("real")).domains(step, len(timesteps), L.num_blocks)
         return [shifters.domain_index(n) for n in names]
 
-    with use(pipe.transformer, shifters):
-        engine = FluxEngine(pipe.transformer, shifters=shifters)    # on the device: its shift table too
+    lengths = [prompt_embeds.shape[1], latents.shape[1]] + ([] if cond_tokens is None else
+                                                           [cond_tokens.shape[1]] * len(cond_tokens))
+    with rt.load(step_memory_bytes(L, lengths, B), shifters):
+        engine = FluxEngine(L, shifters=shifters)    # on the device: its shift table too
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
             branches = [Branch(prompt_embeds, text_ids, t_b, guidance, is_text=True, name="text"),
@@ -96,5 +105,5 @@ def sample_realiz3d(pipe, prompt: str, controls: Optional[torch.Tensor], setting
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
             if progress is not None:
                 progress(i + 1, len(timesteps))
-    with use(pipe.vae):
-        return decode_latents(pipe, latents, s.height, s.width)
+    with rt.load_codec():
+        return decode_latents(rt.codec, latents, s.height, s.width)

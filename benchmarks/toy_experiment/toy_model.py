@@ -38,8 +38,9 @@ def build_pipeline(vae, seed: int = 0, tokenizer_dir: str = None):
 def encode_latents(pipe, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     """[N, S, S, 3] in [0, 1] -> packed, scaled latent tokens [N, tokens, 64] (posterior mean)."""
     from realiz3d.sampling.flow import encode_images
+    from realiz3d.sampling.runtime import DiffusersCodec
     g = torch.Generator().manual_seed(0)
-    out = [encode_images(pipe, torch.from_numpy(images[i:i + batch]), g, "mean")[0]
+    out = [encode_images(DiffusersCodec(pipe.vae), torch.from_numpy(images[i:i + batch]), g, "mean")[0]
            for i in range(0, len(images), batch)]
     return torch.cat(out)
 
