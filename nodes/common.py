@@ -13,12 +13,34 @@ MeshType = io.Custom("REALIZ3D_MESH")          # renderers.Mesh
 CamerasType = io.Custom("REALIZ3D_CAMERAS")    # list[renderers.Camera]
 RenderType = io.Custom("REALIZ3D_RENDER")      # renderers.RenderBundle
 FluxType = io.Custom("REALIZ3D_FLUX")          # nodes.flux_nodes.FluxModel
+FluxClipType = io.Custom("REALIZ3D_FLUX_CLIP")  # nodes.flux_nodes.FluxModel (its text encoders)
+FluxVaeType = io.Custom("REALIZ3D_FLUX_VAE")    # nodes.flux_nodes.FluxModel (its VAE)
 RefAny3DType = io.Custom("REALIZ3D_REFANY3D")  # nodes.refany3d_nodes.RefAny3DModel
 PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")  # dict(xyz [P, 3], rgb uint8 [P, 3])
 ShifterType = io.Custom("REALIZ3D_SHIFTER")    # adapters.DomainShifters
 ScheduleType = io.Custom("REALIZ3D_SCHEDULE")  # dict of make_schedule parameters
 ControlType = io.Custom("REALIZ3D_CONTROL")    # dict(model, adapter): a control LoRA attached to a model
 ViewsType = io.Custom("REALIZ3D_VIEWS")        # nodes.realiz3d_nodes.GeneratedViews
+
+
+def model_input(tooltip: str = "", optional: bool = False):
+    """A Flux model socket: ComfyUI's MODEL (Load Diffusion Model, Load Checkpoint, any dtype) or
+    the pack's Load Flux Model output (diffusers folders and tiny test models)."""
+    return io.MultiType.Input("model", types=[io.Model, FluxType], optional=optional, tooltip=tooltip or (
+        "A FLUX.1 model: MODEL from Load Diffusion Model / Load Checkpoint (fp8 stays fp8), or Load Flux Model "
+        "(Realiz3D)."))
+
+
+def vae_input():
+    return io.MultiType.Input("vae", types=[io.Vae, FluxVaeType],
+                              tooltip="Flux's VAE (Load VAE with ae.safetensors, or Load Flux Model's vae): encodes "
+                                      "the condition images and decodes the result.")
+
+
+def conditioning_input():
+    return io.Conditioning.Input("positive", tooltip="The prompt from CLIP Text Encode (Flux's DualCLIPLoader) or "
+                                                     "Text Encode (Realiz3D); a FluxGuidance value on it overrides "
+                                                     "the guidance widget.")
 
 
 def check_cancel() -> None:

@@ -14,10 +14,10 @@ NODE_MODULES = {
     "mesh_nodes": ["LoadMesh"],
     "camera_nodes": ["CameraRig"],
     "render_nodes": ["RenderViews", "SavePointCloud"],
-    "flux_nodes": ["LoadFluxModel"],
+    "flux_nodes": ["LoadFluxModel", "FluxTextEncode"],
     "refany3d_nodes": ["LoadRefAny3D", "RefAny3DSample"],
-    "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "LoadControlLoRA", "Realiz3DSample",
-                       "MultiviewGenerate"],
+    "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "ApplyDomainShifter", "LoadControlLoRA",
+                       "Realiz3DSample", "MultiviewGenerate"],
     "texture_nodes": ["BakeTexture", "SaveTexturedMesh"],
     "training_nodes": ["TrainDomainShifter", "TrainControl", "TrainRefAny3D"],
 }

@@ -12,12 +12,15 @@ from comfy_api.latest import io
 
 from ..loading import ComponentCache, Offload, load_pipeline_folder, load_single_files
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, FluxType
+from .common import CATEGORY, PREFIX, FluxClipType, FluxType, FluxVaeType
 from .paths import list_model_folders, model_path, register_model_folder
 
 log = logging.getLogger(__name__)
 SOURCES = ("diffusers folder", "single files")
 BUILTIN_TOKENIZER = "(ComfyUI built-in)"
+#: first option of every file dropdown: a template for one source names no file of the other,
+#: so a host that validates every dropdown value (0.33) accepts it whatever files a user has
+NOT_USED = "(not used)"
 #: Loaded models held weakly: ComfyUI's cache of node outputs owns them, so a repeated prompt
 #: or a second loader of the same files reuses one copy, and freeing ComfyUI's caches frees it.
 MODELS = ComponentCache(weak=True)
@@ -58,14 +61,16 @@ class LoadFluxModel(io.ComfyNode):
         tokenizers = [BUILTIN_TOKENIZER] + list_model_folders("tokenizers", marker=None)
 
         def combo(name, options, tooltip):
-            return io.Combo.Input(name, options=options or [""], default=(options or [""])[0], tooltip=tooltip)
+            return io.Combo.Input(name, options=[NOT_USED] + list(options), default=NOT_USED, tooltip=tooltip)
 
         return io.Schema(
             node_id=f"{PREFIX}LoadFluxModel",
             display_name="Load Flux Model (Realiz3D)",
             category=f"{CATEGORY}/model",
-            description="Loads a Flux-family model (FLUX.1-dev, schnell, or a tiny test model) for the "
-                        "pack's samplers. The same files load once and are shared by every node and prompt.",
+            description="Loads a Flux-family model for what ComfyUI's own loaders cannot load: diffusers "
+                        "folders and the tiny test models. For FLUX.1 single files use Load Diffusion Model, "
+                        "DualCLIPLoader and Load VAE: the pack's samplers take those directly. The same files "
+                        "load once and are shared by every node and prompt.",
             inputs=[
                 io.Combo.Input("source", options=list(SOURCES), default=SOURCES[0],
                                tooltip="diffusers folder: a folder with model_index.json in models/diffusers. "
@@ -90,7 +95,8 @@ class LoadFluxModel(io.ComfyNode):
                                          "each component (text encoders, transformer, VAE) to the GPU only "
                                          "while it runs. Slower; the GPU holds one component at a time."),
             ],
-            outputs=[FluxType.Output(display_name="model")],
+            outputs=[FluxType.Output(display_name="model"), FluxClipType.Output(display_name="clip"),
+                     FluxVaeType.Output(display_name="vae")],
         )
 
     @classmethod
@@ -101,6 +107,7 @@ class LoadFluxModel(io.ComfyNode):
         dev = "cpu" if offload else run_on          # offloaded weights load into CPU memory
         helper = Offload(run_on) if offload else None
         if source == "diffusers folder":
+            _require(diffusers_model, "diffusers_model", "a folder in models/diffusers")
             folder = model_path("diffusers", diffusers_model, "diffusers_model")
             paths, label = [folder], diffusers_model
 
@@ -108,6 +115,8 @@ class LoadFluxModel(io.ComfyNode):
                 log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
                 return _model(load_pipeline_folder(folder, dt, dev, "diffusers_model"), label, helper)
         else:
+            for value, name in ((transformer, "transformer"), (vae, "vae"), (clip, "clip"), (t5, "t5")):
+                _require(value, name, "a file for the source 'single files'")
             files = [model_path("diffusion_models", transformer, "transformer"), model_path("vae", vae, "vae"),
                      model_path("text_encoders", clip, "clip"), model_path("text_encoders", t5, "t5")]
             toks = [_builtin_tokenizer("clip") if clip_tokenizer == BUILTIN_TOKENIZER
@@ -120,7 +129,41 @@ class LoadFluxModel(io.ComfyNode):
                 log.info("Realiz3D: loading Flux model %s (%s, %s)", label, dt, dev)
                 return _model(load_single_files(*files, clip_tokenizer=toks[0], t5_tokenizer=toks[1], dtype=dt,
                                                 device=dev), label, helper)
-        return io.NodeOutput(MODELS.get_or_load("flux", paths, dt, dev, load, extra=(str(run_on), bool(offload))))
+        model = MODELS.get_or_load("flux", paths, dt, dev, load, extra=(str(run_on), bool(offload)))
+        return io.NodeOutput(model, model, model)
+
+
+def _require(value: str, input_name: str, what: str) -> None:
+    if not value or value == NOT_USED:
+        raise InputError(input_name, f"choose {what}.")
+
+
+class FluxTextEncode(io.ComfyNode):
+    """CONDITIONING from the text encoders of a model loaded by Load Flux Model, in the format
+    CLIP Text Encode gives for Flux (T5 states with the pooled CLIP output)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}FluxTextEncode",
+            display_name="Text Encode (Realiz3D)",
+            category=f"{CATEGORY}/model",
+            description="Encodes a prompt with the text encoders of Load Flux Model (for FLUX.1 loaded by "
+                        "ComfyUI's DualCLIPLoader use CLIP Text Encode).",
+            inputs=[FluxClipType.Input("clip", tooltip="Load Flux Model's clip output."),
+                    io.String.Input("text", multiline=True, default="a photo of the object on a wooden table",
+                                    tooltip="The prompt."),
+                    io.Int.Input("max_sequence_length", default=512, min=16, max=512,
+                                 tooltip="T5 tokens (FLUX.1-dev: 512).")],
+            outputs=[io.Conditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, max_sequence_length=512) -> io.NodeOutput:
+        from ..sampling.runtime import encode_prompt, runtime_from_pipeline
+        flux = require_model(clip, "clip")
+        cond = encode_prompt(runtime_from_pipeline(flux.pipeline, flux.offload), text, 1, max_sequence_length)
+        return io.NodeOutput([[cond.embeds.cpu(), {"pooled_output": cond.pooled.cpu()}]])
 
 
 def _model(components, label, offload=None) -> FluxModel:

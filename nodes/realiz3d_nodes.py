@@ -9,13 +9,17 @@ import torch
 from comfy_api.latest import io
 
 from ..adapters import PRESETS, load_shifters, make_schedule
-from ..engine.lora_files import attach_lora
+from ..adapters.block_patches import ShiftPatches
+from ..engine.layers import flux_layers
+from ..engine.lora_files import attach_lora, read_lora
+from ..engine.side_lora import SideLoRAs
 from ..renderers.errors import InputError
 from ..sampling.multiview import CONTROL_KINDS, generate_multiview
 from ..sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
-from .common import (CATEGORY, PREFIX, CamerasType, ControlType, FluxType, MeshType, ScheduleType, ShifterType,
-                     ViewsType, progress)
-from .flux_nodes import require_model
+from . import native
+from .common import (CATEGORY, PREFIX, CamerasType, ControlType, MeshType, ScheduleType, ShifterType, ViewsType,
+                     conditioning_input, model_input, progress, vae_input)
+from .flux_nodes import FluxModel
 from .paths import model_path, register_model_folder
 
 SHIFTERS = "realiz3d_shifters"
@@ -43,27 +47,35 @@ def _sampling_inputs():
     ]
 
 
+def _layers(model, input_name: str = "model"):
+    """The engine layers of a MODEL or of Load Flux Model's output (for layout checks)."""
+    if isinstance(model, FluxModel):
+        return flux_layers(model.pipeline.transformer)
+    if not native.is_host_model(model):
+        raise InputError(input_name, "expects a MODEL (Load Diffusion Model) or Load Flux Model's output.")
+    return flux_layers(native.flux_module(model, input_name))
+
+
 def _schedule(schedule, model, steps):
     if schedule is None:
         return None
-    t = model.pipeline.transformer
-    n = len(t.transformer_blocks) + len(t.single_transformer_blocks)
-    return make_schedule(num_blocks=n, num_steps=steps, **schedule)
+    return make_schedule(num_blocks=_layers(model).num_blocks, num_steps=steps, **schedule)
 
 
-def _adapters(control, model):
+def _control_args(control, model) -> dict:
+    """Sampler keyword arguments for a Load Control LoRA output: the control (and target)
+    adapters and, on a host's MODEL, the side LoRAs holding them."""
     if control is None:
-        return ()
-    if control["model"] is not model:
+        return {}
+    own = isinstance(model, FluxModel)
+    if own != (control["side"] is None) or (own and control["model"] is not model):
         raise InputError("control", "was loaded for another model; connect Load Control LoRA to the same model.")
-    return (control["adapter"],)
-
-
-def _target_adapters(control) -> dict:
-    """{'target_adapters': (name,)} when Load Control LoRA attached a target LoRA, else {}."""
-    if control is not None and control.get("target_adapter"):
-        return {"target_adapters": (control["target_adapter"],)}
-    return {}
+    if not own and _layers(model).hidden != control["hidden"]:
+        raise InputError("control", "was loaded for a model of another width; connect it to the same model.")
+    args = {"control_adapters": (control["adapter"],), "side": control["side"]}
+    if control.get("target_adapter"):
+        args["target_adapters"] = (control["target_adapter"],)
+    return args
 
 
 class LoadDomainShifter(io.ComfyNode):
@@ -75,17 +87,19 @@ class LoadDomainShifter(io.ComfyNode):
             node_id=f"{PREFIX}LoadDomainShifter", display_name="Load Domain Shifter (Realiz3D)",
             category=f"{CATEGORY}/model",
             description="Realiz3D domain shifters (one per DiT block) from models/realiz3d_shifters.",
-            inputs=[FluxType.Input("model", tooltip="The Flux model the shifters were trained for."),
+            inputs=[model_input("The Flux model the shifters were trained for (MODEL or Load Flux Model)."),
                     io.Combo.Input("shifter", options=files, default=files[0],
                                    tooltip="A .safetensors shifter file written by Train Domain Shifter.")],
             outputs=[ShifterType.Output(display_name="shifter")])
 
     @classmethod
     def execute(cls, model, shifter) -> io.NodeOutput:
-        flux = require_model(model)
         shifters = load_shifters(model_path(SHIFTERS, shifter, "shifter"))
-        shifters.check_fits(flux.pipeline.transformer)
-        return io.NodeOutput(shifters.to(flux.pipeline.transformer.x_embedder.weight.dtype))
+        layers = _layers(model)
+        shifters.check_fits(layers)
+        # the pack's own model computes in its weights' dtype; a host's model casts per layer and
+        # the shift is cast to the activations' dtype where it is added
+        return io.NodeOutput(shifters.to(layers.dtype) if isinstance(model, FluxModel) else shifters)
 
 
 class DomainScheduleNode(io.ComfyNode):
@@ -115,6 +129,33 @@ class DomainScheduleNode(io.ComfyNode):
         return io.NodeOutput(params)
 
 
+class ApplyDomainShifter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}ApplyDomainShifter", display_name="Apply Domain Shifter (Realiz3D)",
+            category=f"{CATEGORY}/model",
+            description="Realiz3D's domain shifters on a MODEL for ComfyUI's own samplers (KSampler, "
+                        "SamplerCustomAdvanced): text-to-image in the real or synthetic domain, or under a domain "
+                        "schedule. The input MODEL is not changed; the output is a patched copy sharing its "
+                        "weights. For geometry controls use Realiz3D Sample.",
+            inputs=[io.Model.Input("model", tooltip="A FLUX.1 MODEL (Load Diffusion Model, Load Checkpoint)."),
+                    ShifterType.Input("shifter", tooltip="From Load Domain Shifter (trained for this model)."),
+                    ScheduleType.Input("schedule", optional=True,
+                                       tooltip="Domain Schedule; without one, the real domain everywhere.")],
+            outputs=[io.Model.Output(display_name="model")])
+
+    @classmethod
+    def execute(cls, model, shifter, schedule=None) -> io.NodeOutput:
+        shifter.check_fits(_layers(model))
+        if schedule is not None:
+            make_schedule(num_blocks=shifter.cfg.num_blocks, **schedule)       # k_layers, grid widths now
+        patched = model.clone()
+        for (kind, index), patch in ShiftPatches(shifter, schedule).patches().items():
+            patched.set_model_patch_replace(patch, "dit", kind, index)
+        return io.NodeOutput(patched)
+
+
 class LoadControlLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -125,7 +166,7 @@ class LoadControlLoRA(io.ComfyNode):
             description="A geometry-control LoRA (diffusers layout) from models/loras, applied only to the "
                         "control branches, and optionally the target LoRA trained with it (stage 2), applied "
                         "only to the image being generated; the base model is unchanged for other nodes.",
-            inputs=[FluxType.Input("model", tooltip="The Flux model the LoRA was trained for."),
+            inputs=[model_input("The Flux model the LoRA was trained for (MODEL or Load Flux Model)."),
                     io.Combo.Input("lora", options=files, default=files[0], tooltip="Control LoRA file."),
                     io.Combo.Input("target_lora", options=[NO_TARGET] + files, default=NO_TARGET, optional=True,
                                    tooltip="Stage 2's target LoRA (NAME_target.safetensors from Train Control), "
@@ -134,13 +175,20 @@ class LoadControlLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora, target_lora=NO_TARGET) -> io.NodeOutput:
-        flux = require_model(model)
-        adapter = attach_lora(flux.pipeline.transformer, model_path("loras", lora, "lora"), "control", "lora")
-        target = None
+        files = [(lora, "lora", "control")]
         if target_lora and target_lora != NO_TARGET:
-            target = attach_lora(flux.pipeline.transformer, model_path("loras", target_lora, "target_lora"),
-                                 "target", "target_lora")
-        return io.NodeOutput({"model": flux, "adapter": adapter, "target_adapter": target})
+            files.append((target_lora, "target_lora", "target"))
+        if isinstance(model, FluxModel):
+            names = [attach_lora(model.pipeline.transformer, model_path("loras", f, k), logical, k)
+                     for f, k, logical in files]
+            side, hidden = None, 0
+        else:           # a host's MODEL: the LoRAs stay beside it, never merged into the shared weights
+            layers, side = _layers(model), SideLoRAs()
+            for f, k, logical in files:
+                side.add(logical, read_lora(model_path("loras", f, k), k), layers.module_of, layers.hidden, k, f)
+            names, hidden = [logical for _, _, logical in files], layers.hidden
+        return io.NodeOutput({"model": model, "adapter": names[0], "target_adapter": names[1] if len(names) > 1
+                              else None, "side": side, "hidden": hidden})
 
 
 class Realiz3DSample(io.ComfyNode):
@@ -150,9 +198,7 @@ class Realiz3DSample(io.ComfyNode):
             node_id=f"{PREFIX}Sample", display_name="Realiz3D Sample (Realiz3D)",
             category=f"{CATEGORY}/sample",
             description="Text-to-image under aligned geometry controls, with domain shifters and a schedule.",
-            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
-                    io.String.Input("prompt", multiline=True, default="a photo of a chair",
-                                    tooltip="What the image shows."),
+            inputs=[model_input(), conditioning_input(), vae_input(),
                     io.Image.Input("control_images", optional=True,
                                    tooltip="Geometry maps (normal, point map, depth) of the output's size."),
                     io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Output width."),
@@ -162,13 +208,12 @@ class Realiz3DSample(io.ComfyNode):
             outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
-    def execute(cls, model, prompt, width, height, batch, steps, guidance, seed, control_images=None,
+    def execute(cls, model, positive, vae, width, height, batch, steps, guidance, seed, control_images=None,
                 control=None, shifter=None, schedule=None) -> io.NodeOutput:
-        flux = require_model(model)
         s = Realiz3DSettings(steps=steps, guidance=guidance, width=width, height=height, batch=batch, seed=seed)
-        image = sample_realiz3d(flux.pipeline, prompt, control_images, s, _adapters(control, flux), shifter,
-                                _schedule(schedule, flux, steps), progress(steps), flux.offload,
-                                **_target_adapters(control))
+        image = sample_realiz3d(native.runtime(model, vae), native.text_conditioning(positive), control_images, s,
+                                shifters=shifter, schedule=_schedule(schedule, model, steps),
+                                progress=progress(steps), **_control_args(control, model))
         return io.NodeOutput(image)
 
 
@@ -180,11 +225,9 @@ class MultiviewGenerate(io.ComfyNode):
             category=f"{CATEGORY}/sample",
             description="Views of a mesh generated jointly as one grid image under the grid of its geometry "
                         "maps, then split into views that keep their cameras (for Bake Texture).",
-            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
+            inputs=[model_input(), conditioning_input(), vae_input(),
                     MeshType.Input("mesh", tooltip="From Load Mesh (normalised)."),
                     CamerasType.Input("cameras", tooltip="From Camera Rig: one view per camera."),
-                    io.String.Input("prompt", multiline=True, default="a photo of the object, studio light",
-                                    tooltip="What the views show."),
                     io.Combo.Input("control_map", options=list(CONTROL_KINDS), default="normal",
                                    tooltip="Geometry map used as control: camera-frame normals, point map, depth."),
                     io.Int.Input("view_size", default=256, min=16, max=2048, step=16,
@@ -194,11 +237,11 @@ class MultiviewGenerate(io.ComfyNode):
             outputs=[io.Image.Output(display_name="views"), ViewsType.Output(display_name="generated")])
 
     @classmethod
-    def execute(cls, model, mesh, cameras, prompt, control_map, view_size, columns, steps, guidance, seed,
+    def execute(cls, model, positive, vae, mesh, cameras, control_map, view_size, columns, steps, guidance, seed,
                 control=None, shifter=None, schedule=None) -> io.NodeOutput:
-        flux = require_model(model)
         s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
-        views, _ = generate_multiview(flux.pipeline, mesh, cameras, prompt, s, view_size, columns, control_map,
-                                      _adapters(control, flux), shifter, _schedule(schedule, flux, steps),
-                                      progress(steps), flux.offload, **_target_adapters(control))
+        views, _ = generate_multiview(native.runtime(model, vae), mesh, cameras, native.text_conditioning(positive),
+                                      s, view_size, columns, control_map, shifters=shifter,
+                                      schedule=_schedule(schedule, model, steps), progress=progress(steps),
+                                      **_control_args(control, model))
         return io.NodeOutput(views, GeneratedViews(views, list(cameras), mesh))

@@ -10,8 +10,10 @@ from comfy_api.latest import io
 from ..refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, sample
 from ..refany3d.conditions import render_conditions
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, FluxType, MeshType, PointCloudType, RefAny3DType, check_cancel, progress
-from .flux_nodes import FluxModel, require_model
+from . import native
+from .common import (CATEGORY, PREFIX, MeshType, PointCloudType, RefAny3DType, check_cancel, conditioning_input,
+                     model_input, progress, vae_input)
+from .flux_nodes import FluxModel
 from .paths import model_path, register_model_folder
 
 FOLDER = "refany3d"
@@ -19,7 +21,8 @@ FOLDER = "refany3d"
 
 @dataclass(eq=False)
 class RefAny3DModel:
-    flux: FluxModel
+    """The model (a MODEL or Load Flux Model's output) and RefAny3D's weights attached for it."""
+    model: object
     weights: object
 
 
@@ -37,10 +40,10 @@ class LoadRefAny3D(io.ComfyNode):
             node_id=f"{PREFIX}LoadRefAny3D",
             display_name="Load RefAny3D (Realiz3D)",
             category=f"{CATEGORY}/RefAny3D",
-            description="Attaches RefAny3D's published weights to a loaded Flux model. The base model stays "
-                        "unchanged for every other node: the LoRAs apply only to RefAny3D's branches.",
+            description="Attaches RefAny3D's published weights to a FLUX.1-dev model. The model stays "
+                        "unchanged for every other node: the LoRAs apply beside it, only to RefAny3D's branches.",
             inputs=[
-                FluxType.Input("model", tooltip="A FLUX.1-dev model from Load Flux Model."),
+                model_input("FLUX.1-dev: MODEL from Load Diffusion Model (fp8 stays fp8), or Load Flux Model."),
                 io.Combo.Input("reference_lora", options=options, default=_pick(files, "default.safetensors"),
                                tooltip="Reference-LoRA (default.safetensors) in models/refany3d."),
                 io.Combo.Input("domain_lora", options=options, default=_pick(files, "coord.safetensors"),
@@ -54,11 +57,11 @@ class LoadRefAny3D(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, reference_lora, domain_lora, domain_embedder) -> io.NodeOutput:
-        flux = require_model(model)
         paths = [model_path(FOLDER, n, k) for n, k in ((reference_lora, "reference_lora"),
                                                        (domain_lora, "domain_lora"),
                                                        (domain_embedder, "domain_embedder"))]
-        return io.NodeOutput(RefAny3DModel(flux, attach_refany3d(flux.pipeline.transformer, *paths)))
+        target = model.pipeline.transformer if isinstance(model, FluxModel) else native.flux_module(model)
+        return io.NodeOutput(RefAny3DModel(model, attach_refany3d(target, *paths)))
 
 
 class RefAny3DSample(io.ComfyNode):
@@ -71,9 +74,9 @@ class RefAny3DSample(io.ComfyNode):
             description="Generates an image of the 3D asset and its point map from a prompt. Conditions are "
                         "rendered from the mesh with RefAny3D's cameras, or given as pre-rendered views.",
             inputs=[
-                RefAny3DType.Input("refany3d", tooltip="From Load RefAny3D."),
-                io.String.Input("prompt", multiline=True, default="a photo of the object on a wooden table",
-                                tooltip="What the image shows; the asset appears as referenced by the mesh."),
+                RefAny3DType.Input("refany3d", tooltip="From Load RefAny3D (the model travels with it)."),
+                conditioning_input(),
+                vae_input(),
                 MeshType.Input("mesh", optional=True,
                                tooltip="Reference mesh (normalised by Load Mesh). Give this or both view inputs."),
                 io.Image.Input("rgb_views", optional=True,
@@ -95,9 +98,10 @@ class RefAny3DSample(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2 ** 32 - 1, control_after_generate=True,
                              tooltip="Seed of the noise and of the condition latents."),
                 io.Int.Input("batch", default=1, min=1, max=16, tooltip="Images per prompt."),
-                io.Combo.Input("condition_latents", options=["sample", "mean"], default="sample",
-                               tooltip="sample: a seeded draw from the VAE posterior, as the reference does. "
-                                       "mean: the posterior mean (deterministic without a seed)."),
+                io.Combo.Input("condition_latents", options=["mean", "sample"], default="mean",
+                               tooltip="mean: the VAE posterior's mean (what ComfyUI's VAE gives). sample: a seeded "
+                                       "draw from the posterior, as the reference code does (Load Flux Model's "
+                                       "vae only; ComfyUI's VAE encodes deterministically)."),
                 io.Boolean.Input("kv_cache", default=False,
                                  tooltip="Compute the conditions' keys and values once (faster later steps). "
                                          "An APPROXIMATION for these weights: the conditions then stop attending "
@@ -111,7 +115,7 @@ class RefAny3DSample(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, refany3d, prompt, views, condition_size, width, height, steps, guidance, image_cfg, seed,
+    def execute(cls, refany3d, positive, vae, views, condition_size, width, height, steps, guidance, image_cfg, seed,
                 batch, condition_latents, kv_cache, background_threshold, mesh=None, rgb_views=None,
                 point_views=None) -> io.NodeOutput:
         if not isinstance(refany3d, RefAny3DModel):
@@ -126,8 +130,9 @@ class RefAny3DSample(io.ComfyNode):
         # without a mesh the point map decodes into the normalised [-1, 1] cube
         settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,
                                     batch=batch, seed=seed, condition_latents=condition_latents, kv_cache=kv_cache)
-        image, point_map = sample(refany3d.flux.pipeline, refany3d.weights, prompt, rgb, pts, settings,
-                                  progress(steps), offload=refany3d.flux.offload)
+        runtime = native.runtime(refany3d.model, vae)
+        image, point_map = sample(runtime, refany3d.weights, native.text_conditioning(positive), rgb, pts, settings,
+                                  progress(steps))
         xyz, fg = decode_point_map(point_map[0].numpy(), bounds, background_threshold)
         colors = np.clip(np.round(image[0].numpy()[fg] * 255), 0, 255).astype(np.uint8)
         return io.NodeOutput(image, point_map, {"xyz": xyz, "rgb": colors})
