@@ -38,8 +38,11 @@ def free_port() -> int:
 class ComfyServer:
     """A ComfyUI process on a free loopback port with a fresh base directory."""
 
-    def __init__(self, base: str, startup_timeout: float = 180.0):
+    def __init__(self, base: str, startup_timeout: float = 180.0, extra_nodes=()):
+        """extra_nodes: folders of further custom node packs to link beside this one (the
+        tests' own test-only nodes)."""
         self.base = os.path.abspath(base)
+        self.extra_nodes = [os.path.abspath(p) for p in extra_nodes]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
@@ -50,6 +53,10 @@ class ComfyServer:
         link = os.path.join(self.base, "custom_nodes", PACK_NAME)
         if not os.path.lexists(link):
             os.symlink(ROOT, link)
+        for folder in self.extra_nodes:
+            extra = os.path.join(self.base, "custom_nodes", os.path.basename(folder))
+            if not os.path.lexists(extra):
+                os.symlink(folder, extra)
         self.log_path = os.path.join(self.base, "server.log")
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,111 @@
+"""Test-only ComfyUI nodes, linked into the test host's custom_nodes by tests/e2e/conftest.py and
+never shipped with the pack.
+
+ComfyUI's own loaders refuse tiny models (Flux detection fixes 24 heads; the T5 and CLIP-L
+loaders fix their sizes), so these stand in for them with the same output types:
+- Tiny Flux MODEL: a BFL-layout single file of any size (the tiny set's transformer) built
+  into ComfyUI's Flux exactly as Load Diffusion Model builds FLUX.1-dev, in the dtype asked for.
+- Test Conditioning: CONDITIONING of any text width, with or without a pooled output (what
+  CLIP Text Encode gives for Flux, or for another model).
+- Not-Flux MODEL: a tiny SD1.5 UNet MODEL.
+"""
+import os
+import sys
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
+
+
+def _pack():
+    """The pack's library (for its BFL config reader), imported from this checkout."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from pack_import import import_pack
+    return import_pack("realiz3d_testcopy")
+
+
+class TinyFluxModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"unet_name": (folder_paths.get_filename_list("diffusion_models"),),
+                             "weight_dtype": (["default", "fp8_e4m3fn"],)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "Realiz3D test"
+
+    def load(self, unet_name, weight_dtype):
+        pack = _pack()
+        from realiz3d_testcopy.loading.bfl_keys import infer_flux_config, strip_prefix
+        sd = strip_prefix(comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("diffusion_models",
+                                                                                          unet_name)))
+        c = infer_flux_config(sd)
+        hidden = c["num_attention_heads"] * c["attention_head_dim"]
+        config = dict(image_model="flux", in_channels=c["in_channels"] // 4, patch_size=2,
+                      out_channels=c["in_channels"] // 4, vec_in_dim=c["pooled_projection_dim"],
+                      context_in_dim=c["joint_attention_dim"], hidden_size=hidden, mlp_ratio=4.0,
+                      num_heads=c["num_attention_heads"], depth=c["num_layers"],
+                      depth_single_blocks=c["num_single_layers"], axes_dim=list(c["axes_dims_rope"]), theta=10000,
+                      qkv_bias=True, guidance_embed=c["guidance_embeds"])
+        mc = comfy.supported_models.Flux(config)
+        if weight_dtype == "fp8_e4m3fn":
+            mc.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+        else:
+            mc.set_inference_dtype(torch.float32, None)
+        model = mc.get_model({}, device=torch.device("cpu"))
+        store = torch.float8_e4m3fn if weight_dtype == "fp8_e4m3fn" else torch.float32
+        model.diffusion_model.load_state_dict({k: v.to(store) for k, v in sd.items()})
+        del pack
+        return (comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                 offload_device=torch.device("cpu")),)
+
+
+class TestConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
+                             "text_dim": ("INT", {"default": 64, "min": 1, "max": 8192}),
+                             "pooled_dim": ("INT", {"default": 32, "min": 1, "max": 8192}),
+                             "pooled": ("BOOLEAN", {"default": True}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "Realiz3D test"
+
+    def make(self, tokens, text_dim, pooled_dim, pooled, seed):
+        g = torch.Generator().manual_seed(seed)
+        extra = {"pooled_output": torch.randn(1, pooled_dim, generator=g)} if pooled else {}
+        return ([[torch.randn(1, tokens, text_dim, generator=g), extra]],)
+
+
+class NotFluxModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "Realiz3D test"
+
+    def load(self):
+        config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                  "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
+                  "num_res_blocks": [1, 1], "transformer_depth": [1, 1], "channel_mult": [1, 2],
+                  "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 64,
+                  "num_heads": 2, "num_head_channels": -1, "transformer_depth_output": [1, 1, 1, 1]}
+        mc = comfy.supported_models.SD15(config)
+        mc.set_inference_dtype(torch.float32, None)
+        model = mc.get_model({}, device=torch.device("cpu"))
+        return (comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+                                                 offload_device=torch.device("cpu")),)
+
+
+NODE_CLASS_MAPPINGS = {"Realiz3DTestTinyFlux": TinyFluxModel, "Realiz3DTestConditioning": TestConditioning,
+                       "Realiz3DTestNotFlux": NotFluxModel}
