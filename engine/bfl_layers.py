@@ -91,8 +91,10 @@ class BFLFluxLayers(FluxLayers):
 
     # -- inputs ------------------------------------------------------------------------------
     def embed(self, x, text, adapters):
-        m = self.model
-        return self._lin("txt_in" if text else "img_in", m.txt_in if text else m.img_in, x.to(self.dtype), adapters)
+        m, x = self.model, x.to(self.dtype)
+        if text and getattr(m, "txt_norm", None) is not None:        # newer hosts' optional text RMSNorm
+            x = m.txt_norm(x)
+        return self._lin("txt_in" if text else "img_in", m.txt_in if text else m.img_in, x, adapters)
 
     def time_embedding(self, timestep, guidance, pooled):
         m, dt = self.model, self.dtype

