@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): install the headless ComfyUI hosts and the pack's dependencies
 # (once; re-runs are instant), then run the unit and end-to-end tests on ComfyUI 0.3.75, and the
-# end-to-end tests that matter for a host that validates every dropdown and loads its own GL
-# (native models, templates) on ComfyUI 0.33 (from ../shared/hosts; skipped, with a line saying
+# tests that matter for a host that validates every dropdown and quantises its own way (native
+# models, templates) on ComfyUI 0.33 (from ../shared/hosts; skipped, with a line saying
 # so, when that tarball is absent). Extra arguments go to pytest and run on 0.3.75 only, e.g.
 # `bash scripts/test.sh tests/unit -k conventions`.
 set -euo pipefail
@@ -24,8 +24,9 @@ if [ $host_rc -eq 3 ]; then
 elif [ $host_rc -ne 0 ]; then
   echo "ComfyUI 0.33 host could not be installed (exit $host_rc)"; status=1
 else
-  echo "== end-to-end tests on ComfyUI 0.33 =="
-  COMFY_DIR=$PWD/.cache/host-0.33/ComfyUI COMFY_PYTHON=$PWD/.cache/host-0.33/venv/bin/python REALIZ3D_HOST=0.33 \
-    $PY -m pytest tests/e2e/test_native.py tests/e2e/test_templates.py || status=1
+  echo "== ComfyUI 0.33: native-model tests (in its own venv) and end-to-end tests =="
+  PY33=$PWD/.cache/host-0.33/venv/bin/python
+  COMFY_DIR=$PWD/.cache/host-0.33/ComfyUI COMFY_PYTHON=$PY33 REALIZ3D_HOST=0.33 \
+    $PY33 -m pytest tests/unit/test_native_model.py tests/e2e/test_native.py tests/e2e/test_templates.py || status=1
 fi
 exit $status

@@ -47,10 +47,15 @@ def native_model(transformer, weight_dtype=torch.float32, compute_dtype=None):
     comfy = import_comfy()
     from realiz3d.loading.bfl_keys import diffusers_to_bfl
 
-    mc = comfy.supported_models.Flux(unet_config(transformer))
+    config = unet_config(transformer)
+    import comfy.ldm.flux.model
+    if "txt_ids_dims" in getattr(comfy.ldm.flux.model.FluxParams, "__dataclass_fields__", {}):
+        config["txt_ids_dims"] = []              # what ComfyUI 0.33's detection sets for FLUX.1
+    mc = comfy.supported_models.Flux(config)
     mc.set_inference_dtype(weight_dtype, compute_dtype)
     model = mc.get_model({}, device=torch.device("cpu"))
     sd = {k: v.to(weight_dtype) for k, v in diffusers_to_bfl(transformer.state_dict()).items()}
+    sd = mc.process_unet_state_dict(sd)          # the host's own key fixes (0.33 renames norm scales)
     missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     cpu = torch.device("cpu")
