@@ -9,6 +9,7 @@ ComfyUI's own sampler. Nothing here copies or modifies a weight.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import comfy.model_management
 
@@ -17,6 +18,8 @@ from ..renderers.errors import InputError
 from ..sampling.runtime import (DiffusersCodec, FluxRuntime, HostCodec, TextConditioning, host_runtime,
                                 runtime_from_pipeline)
 from .flux_nodes import FluxModel
+
+log = logging.getLogger(__name__)
 
 
 def is_host_model(model) -> bool:
@@ -83,6 +86,7 @@ def runtime(model, vae, input_name: str = "model") -> FluxRuntime:
         raise InputError(input_name, "expects a MODEL (Load Diffusion Model, Load Checkpoint) or the output of "
                                      "Load Flux Model (Realiz3D).")
     module = flux_module(model, input_name)
+    _check_patches(model, input_name)
     if isinstance(vae, FluxModel):
         codec = DiffusersCodec(vae.pipeline.vae)
     elif vae is None:
@@ -96,6 +100,21 @@ def runtime(model, vae, input_name: str = "model") -> FluxRuntime:
                             label=type(module).__name__)
     except ValueError as exc:
         raise InputError(input_name, f"{exc}.") from None
+
+
+def _check_patches(model, input_name: str) -> None:
+    """The pack's engine calls the MODEL's layers, not its forward: block patches never run."""
+    options = getattr(model, "model_options", {}).get("transformer_options", {})
+    blocks = options.get("patches_replace", {}).get("dit", {})
+    if any(type(getattr(p, "__self__", None)).__name__ == "ShiftPatches" or "ShiftPatches" in
+           getattr(p, "__qualname__", "") for p in blocks.values()):
+        raise InputError(input_name, "comes from Apply Domain Shifter, whose shifts act inside ComfyUI's samplers "
+                                     "only; connect the MODEL before it and the shifter to this node's shifter "
+                                     "input.")
+    if blocks or options.get("patches"):
+        log.warning("Realiz3D: the MODEL carries block or attention patches from other nodes; the pack's "
+                    "sampler runs the model's layers per branch and does not apply them (weight patches such as "
+                    "LoRAs do apply).")
 
 
 def text_conditioning(conditioning, input_name: str = "positive") -> TextConditioning:

@@ -373,3 +373,16 @@ def test_full_width_single_file_through_comfy_loader(weight_dtype):
     assert (unpack_latents(out.float(), 32, 48) - ref.float()).abs().max() <= tol * max(1.0, float(ref.abs().max()))
     if scaled and hasattr(dm.single_blocks[0].linear1, "scale_weight"):      # 0.3.75's scaled-fp8 ops
         assert float(dm.single_blocks[0].linear1.scale_weight) != 1.0       # the file's scales were loaded
+
+
+def test_a_shift_patched_model_in_the_pack_sampler_is_refused(tiny):
+    native, FluxModel = node_native()
+    patcher = tiny["patcher"].clone()
+    shifters = DomainShifters(ShifterConfig.for_transformer(patcher.model.diffusion_model, rank=2, embed_dim=4))
+    for (kind, index), patch in ShiftPatches(shifters).patches().items():
+        patcher.set_model_patch_replace(patch, "dit", kind, index)
+    pack = FluxModel(components=None, pipeline=tiny["pipe"], label="tiny")
+    with pytest.raises(InputError) as e:
+        native.runtime(patcher, pack)
+    assert e.value.input_name == "model" and "Apply Domain Shifter" in str(e.value)
+    native.runtime(tiny["patcher"], pack)                    # the unpatched MODEL it was cloned from is fine
