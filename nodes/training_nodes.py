@@ -282,8 +282,10 @@ class TrainControl(io.ComfyNode):
         target = _install(result.outputs["target_lora"], os.path.join(root, f"{name}_target.safetensors"))
         _finish(result)
         transformer = flux.pipeline.transformer
+        # the REALIZ3D_CONTROL layout of Load Control LoRA for the pack's own model (no side LoRAs)
         adapters = {"model": flux, "adapter": attach_lora(transformer, control, "control", "control"),
-                    "target_adapter": attach_lora(transformer, target, "target", "target")}
+                    "target_adapter": attach_lora(transformer, target, "target", "target"), "side": None,
+                    "hidden": 0}
         return io.NodeOutput(adapters, _curve(result.loss_curve))
 
 

@@ -2,8 +2,11 @@
 textured through example_workflows/texture_mesh.json (8 views generated jointly under normal-map
 control with domain shifters, baked into a texture, saved as a textured GLB) with a tiny Flux
 model, control LoRA and shifters made locally; then the same mesh rendered through
-render_sample_mesh.json, and RefAny3D referenced by it through refany3d_from_mesh.json. Random
-tiny weights: the outputs show the pipeline runs end to end, not what real weights draw.
+render_sample_mesh.json, and RefAny3D referenced by it through refany3d_from_mesh.json. The
+templates load FLUX.1 with ComfyUI's own loaders, which cannot load a tiny model: they run here
+through pack_loader.with_pack_loader (the pack's Load Flux Model reading the tiny diffusers folder
+in their place). Random tiny weights: the outputs show the pipeline runs end to end, not what real
+weights draw.
 Outputs are copied to OUT_DIR/texture, OUT_DIR/render and OUT_DIR/refany3d.
 
 Usage: python scripts/demo.py OUT_DIR   (scripts/demo.sh installs the host first)
@@ -16,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from comfy_host import ComfyServer, copy_outputs, error_message, load_workflow
+from pack_loader import with_pack_loader
 from pack_import import import_pack
 
 #: the RefAny3D template at a size a 2-core CPU runs in seconds with the tiny model
@@ -25,8 +29,8 @@ CPU_TEXTURE = {"view_size": 128, "steps": 8}
 
 
 def install_tiny_models(base: str) -> None:
-    """The tiny model under the names the template uses: models/diffusers/FLUX.1-dev and
-    models/refany3d/{default,coord}.safetensors, domain_embedder.pth."""
+    """The tiny model as models/diffusers/FLUX.1-dev (what with_pack_loader loads), and tiny RefAny3D
+    weights, control LoRA and shifters under the names the templates use (models/refany3d/...)."""
     import shutil
 
     import_pack("realiz3d")
@@ -97,13 +101,13 @@ def main(out_dir: str) -> int:
         with ComfyServer(base) as server:
             print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']} running headless at {server.url}")
             try:
-                texturing = load_workflow("api/texture_mesh.json")
+                texturing = with_pack_loader(load_workflow("api/texture_mesh.json"))
                 texturing["6"]["inputs"]["k_layers"] = 2          # the tiny model has 4 blocks
                 texturing["7"]["inputs"].update(CPU_TEXTURE)
                 texturing["12"]["inputs"].update(width=128, height=128)
                 textured = run(server, texturing, os.path.join(out_dir, "texture"))
                 renders = run(server, load_workflow("api/render_sample_mesh.json"), os.path.join(out_dir, "render"))
-                refany3d = load_workflow("api/refany3d_from_mesh.json")
+                refany3d = with_pack_loader(load_workflow("api/refany3d_from_mesh.json"))
                 refany3d["4"]["inputs"].update(CPU_SIZE)
                 generated = run(server, refany3d, os.path.join(out_dir, "refany3d"))
             except RuntimeError as exc:

@@ -90,3 +90,76 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                     values.pop(0)
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _options(spec: list):
+    """A COMBO input's option list (old style [[options], {...}] or V3 ["COMBO", {"options": [...]}]),
+    else None."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return (spec[1] if len(spec) > 1 else {}).get("options", [])
+    return None
+
+
+def check_api_workflow(api: dict, object_info: dict) -> list[str]:
+    """What the host would refuse in the API graph ``api`` before running it, as in ComfyUI's
+    prompt validation (0.33 checks every COMBO value, 0.3.75 only the classic ones): a node class the
+    host lacks, a required input missing, an input the node does not have, a COMBO value not in its
+    option list (e.g. a model file the user does not have), an INT/FLOAT outside its min/max, a link
+    to a missing node or output slot, or a link whose type the input does not accept. Returns one
+    line per problem (an empty list: the graph validates)."""
+    problems = []
+    for nid, node in api.items():
+        cls = node.get("class_type")
+        if cls not in object_info:
+            problems.append(f"node {nid}: class {cls!r} is not installed")
+            continue
+        info = object_info[cls]
+        required = info["input"].get("required", {})
+        specs = {**required, **info["input"].get("optional", {})}
+        inputs = node.get("inputs", {})
+        for name in required:
+            if name not in inputs:
+                problems.append(f"node {nid} ({cls}): required input {name!r} missing")
+        for name, value in inputs.items():
+            where = f"node {nid} ({cls}).{name}"
+            if name not in specs:
+                problems.append(f"{where}: the node has no such input")
+                continue
+            spec = specs[name]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if _is_link(value):
+                src = api.get(value[0])
+                if src is None or src.get("class_type") not in object_info:
+                    problems.append(f"{where}: links to missing node {value[0]!r}")
+                    continue
+                outputs = object_info[src["class_type"]]["output"]
+                if not 0 <= value[1] < len(outputs):
+                    problems.append(f"{where}: node {value[0]} has no output {value[1]}")
+                    continue
+                accepted = spec[0]
+                if isinstance(accepted, list) or accepted in WIDGET_TYPES:
+                    continue                  # a widget fed by a link: its type is checked at run time
+                have = set(str(outputs[value[1]]).split(","))
+                want = set(str(accepted).split(","))
+                if "*" not in have | want and not have & want:
+                    problems.append(f"{where}: takes {accepted}, linked to {outputs[value[1]]} "
+                                    f"(node {value[0]} output {value[1]})")
+                continue
+            options = _options(spec)
+            if options is not None:
+                if value not in options:
+                    problems.append(f"{where}: value {value!r} not in {options}")
+            elif spec[0] in ("INT", "FLOAT"):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    problems.append(f"{where}: {value!r} is not a number")
+                elif "min" in opts and value < opts["min"]:
+                    problems.append(f"{where}: {value} smaller than min {opts['min']}")
+                elif "max" in opts and value > opts["max"]:
+                    problems.append(f"{where}: {value} bigger than max {opts['max']}")
+    return problems

@@ -16,7 +16,8 @@ from realiz3d.renderers import depth_image, load_mesh, normal_image, normalize, 
 
 NODES = {"Realiz3DLoadMesh", "Realiz3DCameraRig", "Realiz3DRenderViews", "Realiz3DSavePointCloud",
          "Realiz3DLoadFluxModel", "Realiz3DLoadRefAny3D", "Realiz3DRefAny3DSample", "Realiz3DLoadDomainShifter",
-         "Realiz3DDomainSchedule", "Realiz3DLoadControlLoRA", "Realiz3DSample", "Realiz3DMultiviewGenerate"}
+         "Realiz3DDomainSchedule", "Realiz3DLoadControlLoRA", "Realiz3DSample", "Realiz3DMultiviewGenerate",
+         "Realiz3DFluxTextEncode", "Realiz3DApplyDomainShifter"}
 
 
 def test_nodes_registered_with_tooltips(server):

@@ -1,5 +1,6 @@
 """Realiz3D inference nodes in a real ComfyUI with the tiny model: the text-to-multiview template,
-Realiz3D Sample under rendered controls, and bad shifters and schedules."""
+Realiz3D Sample under rendered controls, and bad shifters and schedules. The templates load
+FLUX.1 with ComfyUI's loaders; they run on the tiny model through pack_loader.with_pack_loader."""
 import os
 import shutil
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from comfy_host import error_message, load_workflow
+from pack_loader import TINY_SEQUENCE_LENGTH, pack_loader_inputs, with_pack_loader
 from realiz3d.adapters import DomainShifters, ShifterConfig, save_shifters
 from realiz3d.loading import load_pipeline_folder, write_tiny_set
 from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
@@ -39,7 +41,7 @@ def models(server, tmp_path_factory):
 
 
 def workflow(**sample):
-    wf = load_workflow("api/multiview_from_mesh.json")
+    wf = with_pack_loader(load_workflow("api/multiview_from_mesh.json"))
     wf["6"]["inputs"]["k_layers"] = 2          # the tiny model has 4 blocks
     wf["7"]["inputs"].update(FAST, **sample)
     return wf
@@ -72,13 +74,15 @@ def test_realiz3d_sample_under_rendered_controls(server, models):
         "3": {"class_type": "Realiz3DRenderViews", "inputs": {"mesh": ["1", 0], "cameras": ["2", 0], "width": 48,
               "height": 32, "rgb": "unlit albedo", "ambient": 0.3, "normal_frame": "camera", "smooth_normals": True,
               "background": 1.0, "backend": "auto"}},
-        "4": load_workflow("api/multiview_from_mesh.json")["3"],
+        "4": {"class_type": "Realiz3DLoadFluxModel", "inputs": pack_loader_inputs("FLUX.1-dev")},
         "5": {"class_type": "Realiz3DLoadControlLoRA", "inputs": {"model": ["4", 0],
               "lora": "realiz3d_normal_control.safetensors"}},
-        "6": {"class_type": "Realiz3DSample", "inputs": {"model": ["4", 0], "prompt": "a toy house",
+        "6": {"class_type": "Realiz3DSample", "inputs": {"model": ["4", 0], "positive": ["8", 0], "vae": ["4", 2],
               "control_images": ["3", 2], "width": 48, "height": 32, "batch": 1, "steps": 2, "guidance": 3.5,
               "seed": 3, "control": ["5", 0]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "realiz3d/sample"}},
+        "8": {"class_type": "Realiz3DFluxTextEncode", "inputs": {"clip": ["4", 1], "text": "a toy house",
+              "max_sequence_length": TINY_SEQUENCE_LENGTH}},
     }
     h = server.run(wf)
     assert h["status"]["status_str"] == "success", error_message(h)
@@ -107,7 +111,7 @@ def test_bad_shifters_and_schedules(server, models, node, inputs, name, phrase):
 
 
 def texturing(**bake):
-    wf = load_workflow("api/texture_mesh.json")
+    wf = with_pack_loader(load_workflow("api/texture_mesh.json"))
     wf["6"]["inputs"]["k_layers"] = 2
     wf["7"]["inputs"].update(FAST)
     wf["9"]["inputs"].update({"texture_size": "512", **bake})

@@ -1,5 +1,7 @@
 """RefAny3D in a real ComfyUI with the tiny model: the example workflow, model reuse and release,
-single files, cancel, and bad input."""
+single files, cancel, and bad input. The template loads FLUX.1 with ComfyUI's loaders; it runs on
+the tiny model through pack_loader.with_pack_loader (Load Flux Model as node 2, Text Encode
+(Realiz3D) as node 10, FluxGuidance as node 11)."""
 import os
 import time
 import shutil
@@ -12,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from comfy_host import error_message, load_workflow, run_and_interrupt
+from pack_loader import NOT_USED, with_pack_loader
 from realiz3d.loading import load_pipeline_folder, write_tiny_set
 from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
 
@@ -36,7 +39,7 @@ def models(server, tmp_path_factory):
 
 
 def workflow(**sample):
-    wf = load_workflow("api/refany3d_from_mesh.json")
+    wf = with_pack_loader(load_workflow("api/refany3d_from_mesh.json"))
     wf["4"]["inputs"].update(FAST, **sample)
     return wf
 
@@ -60,6 +63,19 @@ def test_template_runs_with_the_tiny_model(server, models):
     assert len(cloud.vertices) >= 1 and np.isfinite(cloud.vertices).all()
 
 
+def free(server):
+    """POST /free and wait until the worker has applied it. The worker reads the flag after each
+    prompt, or when it wakes up idle; a wake-up can be missed while it is busy between prompts
+    (garbage collection), and then the next prompt would still run on the old cache. A trivial
+    prompt queued after the flag makes the worker apply it right after that prompt, before it takes
+    the next one."""
+    server.post("/free", {"unload_models": True, "free_memory": True})
+    h = server.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                "color": int(time.time() * 1000) % 2 ** 24}},
+                    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    assert h["status"]["status_str"] == "success", error_message(h)
+
+
 def test_second_prompt_reloads_nothing_and_free_releases(server, models):
     server.run(workflow(seed=1))
     before = loads(server)
@@ -67,17 +83,14 @@ def test_second_prompt_reloads_nothing_and_free_releases(server, models):
     h = server.run(workflow(seed=2))                               # another prompt, same model files
     assert h["status"]["status_str"] == "success", error_message(h)
     assert loads(server) == before
-    server.post("/free", {"unload_models": True, "free_memory": True})
-    # the worker applies /free when it next wakes; a prompt queued before that runs on the old
-    # cache and the free happens after it, so give the worker a moment first
-    time.sleep(1.0)
+    free(server)
     h = server.run(workflow(seed=3))
     assert h["status"]["status_str"] == "success", error_message(h)
     assert loads(server) == before + 1                             # freed, so loaded again
 
 
 def single_files(**overrides):
-    inputs = {"source": "single files", "diffusers_model": "FLUX.1-dev", "transformer": "tiny-flux.safetensors",
+    inputs = {"source": "single files", "diffusers_model": NOT_USED, "transformer": "tiny-flux.safetensors",
               "vae": "tiny-flux-vae.safetensors", "clip": "tiny-clip-l.safetensors", "t5": "tiny-t5.safetensors",
               "clip_tokenizer": "tiny-clip-l", "t5_tokenizer": "tiny-t5", "dtype": "fp32", "device": "cpu",
               "offload": False}
@@ -88,10 +101,13 @@ def single_files(**overrides):
 def test_single_files_and_two_loaders_share_one_model(server, models):
     wf = workflow(seed=5)
     wf["2"]["inputs"] = single_files()
-    wf["8"] = {"class_type": "Realiz3DLoadFluxModel", "inputs": single_files()}        # a second loader
-    wf["9"] = {"class_type": "Realiz3DLoadRefAny3D", "inputs": dict(wf["3"]["inputs"], model=["8", 0])}
-    wf["10"] = {"class_type": "Realiz3DRefAny3DSample", "inputs": dict(wf["4"]["inputs"], refany3d=["9", 0])}
-    wf["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "refany3d/second"}}
+    wf["20"] = {"class_type": "Realiz3DLoadFluxModel", "inputs": single_files()}       # a second loader
+    wf["21"] = {"class_type": "Realiz3DLoadRefAny3D", "inputs": dict(wf["3"]["inputs"], model=["20", 0])}
+    wf["22"] = {"class_type": "Realiz3DFluxTextEncode", "inputs": dict(wf["10"]["inputs"], clip=["20", 1])}
+    wf["23"] = {"class_type": "FluxGuidance", "inputs": dict(wf["11"]["inputs"], conditioning=["22", 0])}
+    wf["24"] = {"class_type": "Realiz3DRefAny3DSample", "inputs": dict(wf["4"]["inputs"], refany3d=["21", 0],
+                                                                       positive=["23", 0], vae=["20", 2])}
+    wf["25"] = {"class_type": "SaveImage", "inputs": {"images": ["24", 0], "filename_prefix": "refany3d/second"}}
     before = loads(server)
     h = server.run(wf)
     assert h["status"]["status_str"] == "success", error_message(h)
@@ -163,6 +179,42 @@ def test_bad_input_is_named_and_harmless(server, models, changes, input_name, ph
     assert sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs) == before
     ok = server.run(workflow(seed=12))
     assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+@pytest.mark.parametrize("node,link,input_name,phrase", [
+    # ComfyUI's pixel-space VAE (3 channels, no file needed) where Flux's 16-channel VAE goes
+    ({"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}}, "vae", "vae", "16-channel"),
+    # text states of CLIP-L's width (another model's conditioning; test-only node)
+    ({"class_type": "Realiz3DTestConditioning", "inputs": {"tokens": 8, "text_dim": 768, "pooled_dim": 32,
+                                                           "pooled": True, "seed": 0}}, "positive", "positive",
+     "width 768"),
+], ids=["pixel-space vae", "conditioning of another width"])
+def test_bad_native_input_with_the_pack_model(server, models, node, link, input_name, phrase):
+    wf = workflow(seed=14)
+    wf["30"] = node
+    wf["4"]["inputs"][link] = ["30", 0]
+    out = os.path.join(server.base, "output")
+    before = sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs)
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error"
+    message = error_message(h)
+    assert input_name in message and phrase in message, message
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs) == before
+    ok = server.run(workflow(seed=15))
+    assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+def test_condition_latents_sample_with_the_pack_vae(server, models):
+    """'sample' (the reference code's posterior draw) runs with Load Flux Model's vae and differs
+    from the posterior mean."""
+    images = []
+    for mode in ("mean", "sample"):
+        wf = workflow(seed=16, condition_latents=mode)
+        wf["5"]["inputs"]["filename_prefix"] = f"refany3d/latents_{mode}"
+        h = server.run(wf)
+        assert h["status"]["status_str"] == "success", error_message(h)
+        images += [np.asarray(Image.open(p)) for p in server.output_files(h) if f"latents_{mode}_" in p]
+    assert len(images) == 2 and not np.array_equal(images[0], images[1])
 
 
 def test_views_that_do_not_match(server, models):

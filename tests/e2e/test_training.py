@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from comfy_host import error_message, load_workflow, run_and_interrupt
+from pack_loader import TINY_SEQUENCE_LENGTH
 from realiz3d.adapters import load_shifters
 from realiz3d.loading import write_tiny_set
 from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE
@@ -55,6 +56,7 @@ def template(**train):
     wf = load_workflow("api/train_shifter_then_sample.json")
     wf["2"]["inputs"].update({**SMALL, "rank": 4, "output_name": "e2e_shifters", **train})
     wf["4"]["inputs"].update(width=32, height=32, steps=2)
+    wf["7"]["inputs"]["max_sequence_length"] = TINY_SEQUENCE_LENGTH
     return wf
 
 
@@ -122,12 +124,14 @@ def control_graph(**train):
             "real_folder": "realiz3d_train/real", "synthetic_folder": "realiz3d_train/synthetic", "meshes_folder": "",
             "caption": "a photo", "real_ratio": 0.5, "control_map": "normal", "tau_b": 2, "lora_rank": 4,
             "batch_size": 1, "seed": 0, "output_name": "e2e_control", "resume": False, **{**SMALL, **train}}},
-        "3": {"class_type": "Realiz3DSample", "inputs": {"model": ["1", 0], "prompt": "a red box",
+        "3": {"class_type": "Realiz3DSample", "inputs": {"model": ["1", 0], "positive": ["7", 0], "vae": ["1", 2],
               "control_images": ["4", 0], "width": 32, "height": 32, "batch": 1, "steps": 2, "guidance": 3.5,
               "seed": 1, "control": ["2", 0]}},
         "4": {"class_type": "LoadImage", "inputs": {"image": "realiz3d_train/synthetic/s1.normal.png"}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "realiz3d/controlled"}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": "realiz3d/control_loss"}},
+        "7": {"class_type": "Realiz3DFluxTextEncode", "inputs": {"clip": ["1", 1], "text": "a red box",
+              "max_sequence_length": TINY_SEQUENCE_LENGTH}},
     }
 
 
