@@ -126,7 +126,9 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
 
     lengths = [prompt_embeds.shape[1], latents.shape[1], latents.shape[1]] + [cond_tokens.shape[1]] * 2 * n_views
     timesteps, schedulers = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device, count=2)
-    with rt.load(step_memory_bytes(L, lengths, B), weights.domain_embedder):
+    memory = step_memory_bytes(L, lengths, B, cached_tokens=2 * n_views * cond_tokens.shape[1],
+                               caches=sum(c is not None for c in caches))
+    with rt.load(memory, weights.domain_embedder):
         engine = FluxEngine(L, weights.domain_embedder)
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000

@@ -200,14 +200,22 @@ def encode_prompt(runtime: FluxRuntime, prompt, batch: int, max_sequence_length:
     return TextConditioning(embeds, pooled)
 
 
-def step_memory_bytes(layers: FluxLayers, lengths: list[int], batch: int = 1) -> int:
-    """Device bytes one forward's activations need beyond the weights, for branch token counts
-    ``lengths``: every branch's hidden state kept across blocks plus one block's transients
-    (q, k, v, a single block's fused linear1 output, the attention output and the keys and values
-    a query group gathers), with a fused attention kernel (no [N, N] scores). An estimate handed
-    to the host's memory manager; benchmarks/memory.py measures the real peak."""
-    size = torch.finfo(layers.dtype).bits // 8 if layers.dtype.is_floating_point else 2
-    size = max(size, 2)
-    tokens = sum(lengths) * batch
+#: device bytes of one forward's activations per token and hidden unit, in units of the compute
+#: dtype's size: every branch's hidden state kept across blocks plus one block's transients (q, k,
+#: v, a single block's fused linear1 output, the attention output, the keys and values a query
+#: group gathers) with a fused attention kernel. benchmarks/memory.py measured 12.4 (RefAny3D, 8
+#: views) to 17.4 (one 4096-token target) at FLUX.1-dev width; 20 leaves a margin above both.
+ACTIVATION_UNITS = 20
+
+
+def step_memory_bytes(layers: FluxLayers, lengths: list[int], batch: int = 1, cached_tokens: int = 0,
+                      caches: int = 0) -> int:
+    """Device bytes one denoising step needs beyond the weights, handed to the host's memory
+    manager (which frees or partially loads models to leave that much): activations for branch
+    token counts ``lengths``, plus ``caches`` condition KV caches of ``cached_tokens`` tokens
+    (keys and values of every block)."""
+    size = max(torch.finfo(layers.dtype).bits // 8, 2) if layers.dtype.is_floating_point else 2
     width = layers.hidden
-    return int(tokens * width * size * 16)
+    active = sum(lengths) * batch * width * size * ACTIVATION_UNITS
+    kv = caches * layers.num_blocks * 2 * cached_tokens * batch * width * size
+    return int(active + kv)
