@@ -130,9 +130,3 @@ def text_conditioning(conditioning, input_name: str = "positive") -> TextConditi
     guidance = extra.get("guidance")
     return TextConditioning(embeds, pooled, None if guidance is None else float(guidance))
 
-
-def side_layers(model):
-    """(module_of, hidden) for checking side LoRAs against a MODEL's Flux module."""
-    from ..engine.bfl_layers import BFLFluxLayers
-    layers = BFLFluxLayers(flux_module(model), compute_dtype(model), model.load_device)
-    return layers

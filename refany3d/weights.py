@@ -2,9 +2,11 @@
 
 `default.safetensors` (Reference-LoRA) and `coord.safetensors` (Domain-LoRA) are diffusers LoRA
 files as `FluxPipeline.save_lora_weights` writes them; `domain_embedder.pth` is a torch state
-dict. The LoRAs are injected as peft adapters under names unique to their file, then peft's
-own application is switched off: only the engine applies them, per branch, so the shared base
-model keeps giving base outputs to every other user of it.
+dict. On the pack's own diffusers transformer the LoRAs are injected as peft adapters under names
+unique to their file, then peft's own application is switched off; on a host's BFL-layout module
+(ComfyUI's MODEL) they are kept beside it as engine.side_lora.SideLoRAs, mapped onto its fused
+layers. Either way only the engine applies them, per branch, so the shared base model keeps
+giving base outputs to every other user of it.
 """
 from __future__ import annotations
 
