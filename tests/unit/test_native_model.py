@@ -386,3 +386,28 @@ def test_a_shift_patched_model_in_the_pack_sampler_is_refused(tiny):
         native.runtime(patcher, pack)
     assert e.value.input_name == "model" and "Apply Domain Shifter" in str(e.value)
     native.runtime(tiny["patcher"], pack)                    # the unpatched MODEL it was cloned from is fine
+
+
+def test_weights_reach_the_device_through_comfy_memory_manager(tiny, monkeypatch):
+    """Before the denoising loop the MODEL is loaded by ComfyUI's load_models_gpu with the bytes
+    the step needs, so ComfyUI can evict its other models first (and partially load this one)."""
+    comfy = import_comfy()
+    native, FluxModel = node_native()
+    from realiz3d.sampling.runtime import step_memory_bytes
+    calls = []
+    real = comfy.model_management.load_models_gpu
+
+    def record(models, memory_required=0, **kw):
+        calls.append((list(models), memory_required))
+        return real(models, memory_required=memory_required, **kw)
+
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", record)
+    pack = FluxModel(components=None, pipeline=tiny["pipe"], label="tiny")
+    rt = native.runtime(tiny["patcher"], pack)
+    rgb, pts = views()
+    weights = attach_refany3d(tiny["patcher"].model.diffusion_model, *tiny["paths"])
+    sample(rt, weights, text(tiny), rgb, pts, RefAny3DSettings(steps=1, width=32, height=32, condition_latents="mean",
+                                                               max_sequence_length=16))
+    assert len(calls) == 1 and calls[0][0] == [tiny["patcher"]]
+    # text 16 + two targets and 2 x 2 condition views of 32 px: 4 tokens each (2 x 2 patches)
+    assert calls[0][1] == step_memory_bytes(rt.layers, [16, 4, 4] + [4] * 4) > 0
