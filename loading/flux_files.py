@@ -134,7 +134,7 @@ def load_vae(path: str, dtype="fp32", device: Device = "cpu", input_name: str = 
     """A diffusers ``AutoencoderKL`` from a single Flux VAE file (ldm or diffusers keys)."""
     from diffusers import AutoencoderKL
 
-    dtype = resolve_dtype(dtype)
+    dtype = vae_dtype(resolve_dtype(dtype))
     sd = apply_comfy_fp8_scales(read_state_dict(path, input_name))
     layout = detect_vae_layout(sd)
     if layout == "unknown":
@@ -219,7 +219,7 @@ def load_single_files(transformer_path: str, vae_path: str, clip_path: str, t5_p
     dtype = resolve_dtype(dtype)
     transformer = load_transformer(transformer_path, dtype, device)
     clip, t5, tok, tok2 = load_text_encoders(clip_path, t5_path, dtype, device, clip_tokenizer, t5_tokenizer)
-    c = FluxComponents(transformer=transformer, vae=load_vae(vae_path, dtype, device), text_encoder=clip,
+    c = FluxComponents(transformer=transformer, vae=load_vae(vae_path, vae_dtype(dtype), device), text_encoder=clip,
                        text_encoder_2=t5, tokenizer=tok, tokenizer_2=tok2,
                        scheduler=make_scheduler(transformer.config.guidance_embeds), dtype=dtype, device=str(device),
                        sources={"transformer": transformer_path, "vae": vae_path, "text_encoder": clip_path,
@@ -227,6 +227,12 @@ def load_single_files(transformer_path: str, vae_path: str, clip_path: str, t5_p
                                 "tokenizer_2": t5_tokenizer or ""})
     check_compatible(c)
     return c
+
+
+def vae_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The Flux VAE's activations overflow fp16 (NaN images at large sizes; ComfyUI never runs it
+    in fp16 either): with fp16 asked for, the VAE stays in fp32 (84 M parameters, 0.3 GiB)."""
+    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def load_pipeline_folder(folder: str, dtype="fp32", device: Device = "cpu", input_name: str = "model") -> FluxComponents:
@@ -253,7 +259,8 @@ def load_pipeline_folder(folder: str, dtype="fp32", device: Device = "cpu", inpu
     out = {}
     try:
         for comp, cls in models.items():
-            out[comp] = cls.from_pretrained(folder, subfolder=comp, torch_dtype=dtype, local_files_only=True)
+            out[comp] = cls.from_pretrained(folder, subfolder=comp, local_files_only=True,
+                                            torch_dtype=vae_dtype(dtype) if comp == "vae" else dtype)
         for comp, cls in hf_models.items():
             out[comp] = cls.from_pretrained(os.path.join(folder, comp), dtype=dtype, local_files_only=True)
         out["tokenizer"] = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), local_files_only=True)

@@ -94,19 +94,16 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     latents, ids = initial_noise(B, L.in_channels // 4, s.height, s.width, dtype, device, gen)
     point_latents, _ = initial_noise(B, L.in_channels // 4, s.height, s.width, dtype, device, gen)   # own noise
 
-    offset = -cond_w / 16.0          # one condition width to the left, in latent-patch units
     views = torch.cat([rgb_views, point_views]).float()
     black_tokens = None
     with rt.load_codec():
         cond_tokens, cond_ids = encode_images(rt.codec, views, gen, s.condition_latents)
         if s.image_cfg != 1.0:
             black_tokens, _ = encode_images(rt.codec, torch.zeros_like(views), gen, s.condition_latents)
-    cond_tokens, cond_ids = cond_tokens.to(device, dtype), cond_ids.to(device, dtype).clone()
+    cond_tokens, cond_ids = cond_tokens.to(device, dtype), layout.condition_ids(cond_ids.to(device, dtype), cond_w)
     black_tokens = None if black_tokens is None else black_tokens.to(device, dtype)
-    cond_ids[:, 2] += offset
 
-    tags, adapters = layout.domain_tags(n_views), layout.adapters(n_views)
-    adapters = [weights.resolve(a) for a in adapters]
+    adapters = [weights.resolve(a) for a in layout.adapters(n_views)]
     mask = layout.group_mask(n_views, text_agnostic=s.text_agnostic, independent_conditions=s.kv_cache)
     unc_mask = mask if s.kv_cache else None          # the reference's black-condition pass has no mask
     conditions = list(range(3, 3 + 2 * n_views))
@@ -114,15 +111,9 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     guidance = torch.full((B,), g_value, device=device) if L.has_guidance else None
     cond_guidance = torch.ones(B, device=device) if L.has_guidance else None
 
-    def branches(t, rgb_latents, pts_latents, conditions) -> list[Branch]:
-        out = [Branch(prompt_embeds, text_ids, t, guidance, is_text=True, name="text"),
-               Branch(rgb_latents, ids, t, guidance, adapters[1], tags[1], name="target_rgb"),
-               Branch(pts_latents, ids, t, guidance, adapters[2], tags[2], name="target_points")]
-        zero = torch.zeros(B, device=device)
-        for k in range(2 * n_views):
-            out.append(Branch(conditions[k:k + 1].expand(B, -1, -1), cond_ids, zero, cond_guidance,
-                              adapters[3 + k], tags[3 + k], name=f"view{k}"))
-        return out
+    def branches(t, rgb_latents, pts_latents, views) -> list[Branch]:
+        return layout.build_branches(prompt_embeds, text_ids, t, guidance, rgb_latents, pts_latents, ids,
+                                     views[None].expand(B, -1, -1, -1), cond_ids, cond_guidance, adapters)
 
     lengths = [prompt_embeds.shape[1], latents.shape[1], latents.shape[1]] + [cond_tokens.shape[1]] * 2 * n_views
     timesteps, schedulers = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device, count=2)

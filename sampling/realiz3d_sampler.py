@@ -9,9 +9,10 @@ from typing import Callable, Optional
 import torch
 
 from ..adapters import DomainSchedule, DomainShifters
-from ..engine import Branch, FluxEngine
+from ..engine import FluxEngine
 from ..loading.offload import Offload
 from ..renderers.errors import InputError
+from .realiz3d_layout import build_branches
 from .flow import decode_latents, encode_images, flux_timesteps, initial_noise
 from .runtime import as_runtime, encode_prompt, step_memory_bytes
 
@@ -75,11 +76,13 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
     cond_tokens = None
     if controls is not None:
         with rt.load_codec():
-            cond_tokens, cond_ids = encode_images(rt.codec, controls.float(), gen, s.condition_latents)
-        cond_tokens, cond_ids = cond_tokens.to(device, dtype), cond_ids.to(device, dtype)
+            cond_tokens, _ = encode_images(rt.codec, controls.float(), gen, s.condition_latents)
+        cond_tokens = cond_tokens.to(device, dtype)         # aligned: the target's own ids
     has_g = L.has_guidance
     g_value = text.guidance if text.guidance is not None else s.guidance
     guidance = torch.full((B,), g_value, device=device) if has_g else None
+    control_guidance = torch.ones(B, device=device) if has_g else None
+    controls_b = None if cond_tokens is None else cond_tokens[None].expand(B, -1, -1, -1)   # [B, C, T, 64]
     timesteps, (scheduler,) = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device)
 
     def block_domains(step: int):
@@ -94,13 +97,8 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
         engine = FluxEngine(L, shifters=shifters)    # on the device: its shift table too
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
-            branches = [Branch(prompt_embeds, text_ids, t_b, guidance, is_text=True, name="text"),
-                        Branch(latents, ids, t_b, guidance, tuple(target_adapters), block_domains=block_domains(i),
-                               name="target")]
-            if cond_tokens is not None:       # aligned controls: same position ids as the target (offset 0)
-                zero, one = torch.zeros(B, device=device), (torch.ones(B, device=device) if has_g else None)
-                branches += [Branch(cond_tokens[k:k + 1].expand(B, -1, -1), cond_ids, zero, one,
-                                    tuple(control_adapters), name=f"control{k}") for k in range(len(cond_tokens))]
+            branches = build_branches(prompt_embeds, text_ids, t_b, guidance, latents, ids, target_adapters,
+                                      block_domains(i), controls_b, control_adapters, control_guidance)
             v = engine(branches, None, pooled, outputs=[1])[1]
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
             if progress is not None:

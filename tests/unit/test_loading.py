@@ -327,3 +327,17 @@ def test_weak_cache_shares_while_held_and_forgets_after(tmp_path):
     gc.collect()
     cache.get_or_load("m", [str(path)], "fp32", "cpu", Model)
     assert cache.load_count["m"] == 2          # nobody held it: loaded again
+
+
+def test_the_vae_never_runs_in_fp16(tiny):
+    """fp16 asked for: transformer and text encoders in fp16, the Flux VAE in fp32 (it overflows
+    fp16), on both the diffusers-folder and the single-file path; bf16 is kept as asked."""
+    from realiz3d.loading import load_pipeline_folder, load_single_files
+    from realiz3d.loading.flux_files import load_vae
+
+    folder = load_pipeline_folder(tiny.diffusers_folder, dtype="fp16")
+    files = load_single_files(tiny.transformer, tiny.vae, tiny.clip, tiny.t5, clip_tokenizer=tiny.clip_tokenizer,
+                              t5_tokenizer=tiny.t5_tokenizer, dtype="fp16")
+    for c in (folder, files):
+        assert c.transformer.dtype == torch.float16 and c.vae.dtype == torch.float32
+    assert load_vae(tiny.vae, "fp16").dtype == torch.float32 and load_vae(tiny.vae, "bf16").dtype == torch.bfloat16

@@ -35,42 +35,109 @@ def controls(seed=0):
     return torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
 
 
-def test_controls_and_control_lora_shape_the_result(pipe):
+class Spy:
+    """Records the branches every engine forward of the sampler receives."""
+
+    def __init__(self, monkeypatch):
+        import realiz3d.sampling.realiz3d_sampler as sampler
+        self.calls = []
+        spy = self
+
+        class Recording(sampler.FluxEngine):
+            def forward(self, branches, *args, **kwargs):
+                spy.calls.append(list(branches))
+                return super().forward(branches, *args, **kwargs)
+
+        monkeypatch.setattr(sampler, "FluxEngine", Recording)
+
+
+def test_control_branches_are_aligned_at_t0_with_the_control_lora_only(pipe, monkeypatch):
+    spy = Spy(monkeypatch)
+    image = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,))
+    assert image.shape == (1, 32, 32, 3) and len(spy.calls) == 2               # one forward per step
+    for text, target, control in spy.calls:
+        assert text.is_text and not text.adapters and target.adapters == () and target.block_domains is None
+        assert control.adapters == (pipe.control_adapter,)
+        assert float(control.timestep[0]) == 0.0 and float(control.guidance[0]) == 1.0
+        assert float(target.timestep[0]) > 0 and float(target.guidance[0]) == settings().guidance
+        assert torch.equal(control.ids, target.ids)                           # spatially aligned: offset 0
+    # the control LoRA acts through the control branches only: without them it changes nothing
     plain = sample_realiz3d(pipe, "a chair", None, settings())
-    ctrl = sample_realiz3d(pipe, "a chair", controls(), settings())
-    lora = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,))
-    assert plain.shape == (1, 32, 32, 3)
-    assert (plain - ctrl).abs().max() > 1e-4 and (ctrl - lora).abs().max() > 1e-4
-    assert torch.equal(lora, sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,)))
+    assert torch.equal(plain, sample_realiz3d(pipe, "a chair", None, settings(), (pipe.control_adapter,)))
+    assert (image - sample_realiz3d(pipe, "a chair", controls(), settings())).abs().max() > 1e-4
+    assert torch.equal(image, sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,)))
 
 
-def test_target_adapters_apply_to_the_target_branch(pipe):
-    """Stage 2's target LoRA (training/README.md) on the target branch changes the image; with no
-    target adapter the result is exactly the control-only one."""
-    base = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,))
-    target = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,),
-                             target_adapters=(pipe.control_adapter,))
-    assert (base - target).abs().max() > 1e-4
-    none = sample_realiz3d(pipe, "a chair", controls(), settings(), (pipe.control_adapter,), target_adapters=())
-    assert torch.equal(base, none)
+def test_target_adapters_apply_to_the_target_branch(pipe, monkeypatch):
+    """Stage 2's target LoRA (training/README.md) sits on the target branch and nowhere else."""
+    spy = Spy(monkeypatch)
+    target = sample_realiz3d(pipe, "a chair", controls(), settings(), (), target_adapters=(pipe.control_adapter,))
+    for text, tgt, control in spy.calls:
+        assert tgt.adapters == (pipe.control_adapter,) and control.adapters == () and text.adapters == ()
+    assert (target - sample_realiz3d(pipe, "a chair", controls(), settings())).abs().max() > 1e-4
 
 
-def test_shifters_follow_the_schedule(pipe):
+def test_shifters_follow_the_schedule(pipe, monkeypatch):
+    """Each preset means what it says: layer-aware with k = every block is 'synthetic', with k = 0
+    'real'; step-switch with fraction 1 is 'synthetic'; the shifts go to the target branch only,
+    with the domain the schedule names for each block."""
     tr = pipe.transformer
     cfg = ShifterConfig.for_transformer(tr, rank=4, embed_dim=8)
-    untrained = DomainShifters(cfg)
+    n = cfg.num_blocks
+    untrained = DomainShifters(cfg)                                             # zero up-projection: identity
     base = sample_realiz3d(pipe, "x", controls(), settings())
     assert torch.equal(sample_realiz3d(pipe, "x", controls(), settings(), shifters=untrained,
                                        schedule=make_schedule("synthetic")), base)
     trained = DomainShifters(cfg)
     for p in trained.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    real = sample_realiz3d(pipe, "x", controls(), settings(), shifters=trained, schedule=make_schedule("real"))
-    synth = sample_realiz3d(pipe, "x", controls(), settings(), shifters=trained, schedule=make_schedule("synthetic"))
-    layer = sample_realiz3d(pipe, "x", controls(), settings(), shifters=trained,
-                            schedule=make_schedule("layer-aware", k_layers=2))
-    assert (real - synth).abs().max() > 1e-4 and (layer - real).abs().max() > 1e-4
-    assert (layer - synth).abs().max() > 1e-4
+
+    def run(preset, **kw):
+        return sample_realiz3d(pipe, "x", controls(), settings(), shifters=trained, schedule=make_schedule(preset, **kw))
+
+    real, synth = run("real"), run("synthetic")
+    assert (real - synth).abs().max() > 1e-4
+    assert torch.equal(run("layer-aware", k_layers=n), synth) and torch.equal(run("layer-aware", k_layers=0), real)
+    assert torch.equal(run("step-switch", switch_fraction=1.0), synth)
+    spy = Spy(monkeypatch)
+    run("layer-aware", k_layers=2)
+    s_idx, r_idx = trained.domain_index("synthetic"), trained.domain_index("real")
+    for branches in spy.calls:
+        assert list(branches[1].block_domains) == [s_idx] * 2 + [r_idx] * (n - 2)
+        assert all(b.block_domains is None for i, b in enumerate(branches) if i != 1)
+
+
+def test_shifters_follow_the_model_device(pipe):
+    """Shifters loaded or trained on the CPU go where the model computes (the token variant has
+    no precomputed table that would carry them): the sampler moves them with the model."""
+    from realiz3d.sampling.runtime import runtime_from_pipeline
+    cfg = ShifterConfig.for_transformer(pipe.transformer, rank=4, embed_dim=8, variant="token")
+    shifters = DomainShifters(cfg)
+    moved = []
+    original = shifters.to
+
+    def recording_to(*args, **kwargs):
+        moved.append(args[0] if args else kwargs.get("device"))
+        return original(*args, **kwargs)
+
+    shifters.to = recording_to
+    rt = runtime_from_pipeline(pipe)
+    sample_realiz3d(rt, "x", controls(), settings(), shifters=shifters, schedule=make_schedule("synthetic"))
+    assert rt.device in [torch.device(d) for d in moved if d is not None]
+
+
+def test_token_variant_shifters_on_cuda(pipe):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here: the token-variant shifters on a GPU are checked where one is present")
+    cfg = ShifterConfig.for_transformer(pipe.transformer, rank=4, embed_dim=8, variant="token")
+    shifters = DomainShifters(cfg)                    # on the CPU, as Load / Train Domain Shifter return them
+    pipe.to("cuda")
+    try:
+        out = sample_realiz3d(pipe, "x", controls(), settings(), shifters=shifters, schedule=make_schedule("synthetic"))
+        assert out.shape == (1, 32, 32, 3) and next(shifters.parameters()).device.type == "cuda"
+    finally:
+        pipe.to("cpu")
+        shifters.to("cpu")
 
 
 @pytest.mark.parametrize("kwargs,name", [(dict(settings=settings(width=40)), "width"),
@@ -97,8 +164,26 @@ def test_multiview_generates_views_that_keep_their_cameras(pipe):
     views, bundle = generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=16, columns=2,
                                        control="normal", control_adapters=(pipe.control_adapter,))
     assert views.shape == (4, 16, 16, 3) and bundle.cameras == cams
-    other, _ = generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=16, columns=2, control="depth",
-                                  control_adapters=(pipe.control_adapter,))
-    assert (views - other).abs().max() > 1e-4
+    # the control is the grid of the chosen map of the mesh's own views, one cell per camera
+    import realiz3d.sampling.realiz3d_sampler as sampler
+    from realiz3d.sampling.multiview import control_maps
+    seen = []
+    real_sample = sampler.sample_realiz3d
+
+    def recording(rt, prompt, controls_, *args, **kwargs):
+        seen.append(controls_)
+        return real_sample(rt, prompt, controls_, *args, **kwargs)
+
+    sampler.sample_realiz3d = recording
+    try:
+        for kind in ("normal", "depth"):
+            generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=16, columns=2, control=kind,
+                               control_adapters=(pipe.control_adapter,))
+    finally:
+        sampler.sample_realiz3d = real_sample
+    assert len(seen) == 2
+    for controls_, kind in zip(seen, ("normal", "depth")):
+        assert controls_.shape == (1, 32, 32, 3)
+        assert torch.equal(controls_[0], make_grid(control_maps(bundle, kind), 2))
     with pytest.raises(InputError, match="view_size"):
         generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=20)
