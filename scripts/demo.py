@@ -88,7 +88,8 @@ def contact_sheet(paths: list[str], out: str) -> None:
         Image.fromarray(np.concatenate(rows, 0)).save(out)
 
 
-def run(server, workflow: dict, out_dir: str) -> list[str]:
+def run(server, workflow: dict, out_dir: str, name: str) -> list[str]:
+    print(f"running {name} ...", flush=True)
     history = server.run(workflow)
     if history.get("status", {}).get("status_str") != "success":
         raise RuntimeError(error_message(history) or str(history))
@@ -97,7 +98,10 @@ def run(server, workflow: dict, out_dir: str) -> list[str]:
 
 def main(out_dir: str) -> int:
     with tempfile.TemporaryDirectory() as base:
+        print("building the tiny Flux model, control LoRA, shifters and RefAny3D weights (random, seeded) ...",
+              flush=True)
         install_tiny_models(base)
+        print("starting a headless ComfyUI ...", flush=True)
         with ComfyServer(base) as server:
             print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']} running headless at {server.url}")
             try:
@@ -105,11 +109,12 @@ def main(out_dir: str) -> int:
                 texturing["6"]["inputs"]["k_layers"] = 2          # the tiny model has 4 blocks
                 texturing["7"]["inputs"].update(CPU_TEXTURE)
                 texturing["12"]["inputs"].update(width=128, height=128)
-                textured = run(server, texturing, os.path.join(out_dir, "texture"))
-                renders = run(server, load_workflow("api/render_sample_mesh.json"), os.path.join(out_dir, "render"))
+                textured = run(server, texturing, os.path.join(out_dir, "texture"), "texture_mesh")
+                renders = run(server, load_workflow("api/render_sample_mesh.json"), os.path.join(out_dir, "render"),
+                              "render_sample_mesh")
                 refany3d = with_pack_loader(load_workflow("api/refany3d_from_mesh.json"))
                 refany3d["4"]["inputs"].update(CPU_SIZE)
-                generated = run(server, refany3d, os.path.join(out_dir, "refany3d"))
+                generated = run(server, refany3d, os.path.join(out_dir, "refany3d"), "refany3d_from_mesh")
             except RuntimeError as exc:
                 print("workflow failed:", exc, file=sys.stderr)
                 return 1
