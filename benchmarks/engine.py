@@ -31,10 +31,9 @@ import torch  # noqa: E402
 from realiz3d.engine import (Branch, FluxEngine, KVCache, block_sparse_attention,  # noqa: E402
                             dense_masked_attention, grouped_attention)
 from realiz3d.refany3d.layout import adapters, domain_tags, group_mask  # noqa: E402
+from realiz3d.refany3d.lora_targets import LORA_TARGET_MODULES as LORA_TARGETS  # noqa: E402
 
 VIEWS, SIDE, TEXT, HEADS, HEAD_DIM = 8, 32, 512, 4, 64     # 512 px -> 32 x 32 patches; hidden 256
-LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-                "norm.linear", "proj_mlp", "proj_out"]
 
 
 def lengths():

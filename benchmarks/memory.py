@@ -67,13 +67,12 @@ from torch import nn  # noqa: E402
 
 from realiz3d.engine.attention import query_groups  # noqa: E402
 from realiz3d.refany3d import layout  # noqa: E402
+# RefAny3D's LoRA targets (refany3d/lora_targets.py); the control LoRA is assumed to use the same
+from realiz3d.refany3d.lora_targets import LORA_TARGET_MODULES as LORA_TARGETS, is_target  # noqa: E402
 
 GiB = 1024 ** 3
 CONFIG = os.path.join(ROOT, "loading", "configs", "flux1-dev_transformer.json")
 LORA_RANK = 16
-#: RefAny3D's LoRA targets (refany3d/tiny_weights.py); the control LoRA is assumed to use the same
-LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-                "norm.linear", "proj_mlp", "proj_out"]
 BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -115,7 +114,7 @@ def weight_bytes() -> dict:
         if isinstance(mod, nn.Linear):
             if block:
                 largest_linear = max(largest_linear, 2 * mod.weight.numel())
-            if any(mname == t or mname.endswith("." + t) for t in LORA_TARGETS):   # peft's matching rule
+            if is_target(mname, LORA_TARGETS):            # peft's matching rule (full match of the regex)
                 lora += LORA_RANK * (mod.in_features + mod.out_features)
     for kind, prefix in (("double", BLOCKS[0]), ("single", BLOCKS[1])):
         blocks = [v for k, v in per_block.items() if k.startswith(prefix)]

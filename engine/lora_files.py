@@ -1,9 +1,20 @@
 """LoRA files in diffusers' key layout (as ``FluxPipeline.save_lora_weights`` writes them),
-attached to a Flux transformer as peft adapters that only the engine applies, per branch."""
+attached to a Flux transformer as peft adapters that only the engine applies, per branch.
+
+A file's scale is read as diffusers reads it: from the peft ``LoraConfig`` that
+``save_lora_weights(..., transformer_lora_adapter_metadata=...)`` stores in the safetensors
+metadata (``lora_adapter_metadata``: ``r``, ``lora_alpha``, ``rank_pattern``,
+``alpha_pattern``, ``use_rslora``), else from per-layer ``<module>.alpha`` tensors (kohya
+style), else alpha = rank (scale 1). The published RefAny3D files have alpha = rank = 16 and
+no metadata: scale 1.
+"""
 from __future__ import annotations
 
+import collections
 import hashlib
+import math
 import os
+from typing import Optional
 
 from torch import nn
 
@@ -11,21 +22,78 @@ from ..renderers.errors import InputError
 from .lora import adapter_names
 
 
-def read_lora(path: str, input_name: str) -> dict:
-    """A diffusers-layout LoRA state dict, with clear errors for unreadable files."""
+class LoraState(dict):
+    """A diffusers-layout LoRA state dict ({'transformer.<module>.lora_A.weight': ...}) that also
+    carries what the file says about its scale:
+
+    - ``metadata``: the transformer's peft LoraConfig as stored by diffusers (keys with the
+      ``transformer.`` prefix, as ``load_lora_adapter(metadata=...)`` takes them), or None;
+    - ``network_alphas``: per-layer alphas from ``.alpha`` keys ({'transformer.<module>.alpha':
+      value}, as ``load_lora_adapter(network_alphas=...)`` takes them), or {};
+    - ``scales``: {module name without 'transformer.': alpha / rank} for every layer, the factor
+      on ``lora_B @ lora_A`` that diffusers (peft) applies when it loads the file.
+    """
+
+    metadata: Optional[dict] = None
+    network_alphas: dict = {}
+    scales: dict = {}
+
+    def scale(self, module_name: str) -> float:
+        return self.scales.get(module_name.removeprefix("transformer."), 1.0)
+
+
+def lora_scales(state: dict, network_alphas: Optional[dict] = None, metadata: Optional[dict] = None) -> dict:
+    """{module name: alpha / rank} as diffusers derives the peft config of a file: metadata (a
+    LoraConfig dict, keys with or without the ``transformer.`` prefix) first, else per-layer
+    alphas (layers without one take the most common alpha, as diffusers' ``get_peft_kwargs``),
+    else 1.0."""
+    from peft.utils.other import get_pattern_key
+
+    ranks = {k.split(".lora_A.")[0].removeprefix("transformer."): int(v.shape[0])
+             for k, v in state.items() if ".lora_A." in k}
+    out = {}
+    if metadata:
+        cfg = {k.removeprefix("transformer."): v for k, v in metadata.items()}
+        alpha, rank = cfg.get("lora_alpha"), cfg.get("r")
+        alpha_pattern, rank_pattern = cfg.get("alpha_pattern") or {}, cfg.get("rank_pattern") or {}
+        for module, r in ranks.items():
+            a = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), alpha)
+            r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), rank) or r
+            a = r if a is None else a
+            out[module] = float(a) / (math.sqrt(r) if cfg.get("use_rslora") else r)
+        return out
+    alphas = {k.removeprefix("transformer.").removesuffix(".alpha"): float(v)
+              for k, v in (network_alphas or {}).items()}
+    if alphas:
+        common = collections.Counter(alphas.values()).most_common()[0][0]
+        return {module: alphas.get(module, common) / r for module, r in ranks.items()}
+    return {module: 1.0 for module in ranks}
+
+
+def read_lora(path: str, input_name: str) -> LoraState:
+    """A diffusers-layout LoRA state dict with its scale (:class:`LoraState`), with clear errors
+    for unreadable files. The scale is never folded into the tensors: give ``state.scales`` to
+    ``SideLoRAs.add(scale=...)``; ``attach_lora`` hands the metadata or alphas to diffusers."""
     from diffusers import FluxPipeline
 
     name = os.path.basename(path)
     if not path.endswith(".safetensors"):
         raise InputError(input_name, f"'{name}': LoRA weights load from .safetensors files only.")
     try:
-        state = FluxPipeline.lora_state_dict(path)
+        out = FluxPipeline.lora_state_dict(path, return_alphas=True, return_lora_metadata=True)
     except Exception as exc:
         raise InputError(input_name, f"'{name}' could not be read as a LoRA ({type(exc).__name__}: {exc}); the "
                                      "file may be truncated or not a safetensors LoRA.") from exc
-    state = state[0] if isinstance(state, tuple) else state
-    if not any(".lora_A." in k for k in state):
+    raw, alphas, metadata = out if isinstance(out, tuple) else (out, None, None)
+    if not any(".lora_A." in k for k in raw):
         raise InputError(input_name, f"'{name}' holds no LoRA weights (no '.lora_A.' keys).")
+    state = LoraState(raw)
+    state.network_alphas = dict(alphas or {})
+    state.metadata = ({k: v for k, v in metadata.items() if k.startswith("transformer.")} or None) if metadata else None
+    try:
+        state.scales = lora_scales(raw, state.network_alphas, state.metadata)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InputError(input_name, f"'{name}' has LoRA metadata this pack cannot read ({exc}).") from exc
     return state
 
 
@@ -59,6 +127,8 @@ def attach_lora(transformer: nn.Module, path: str, logical_name: str, input_name
     if adapter not in adapter_names(transformer):
         state = read_lora(path, input_name)
         check_lora_fits(transformer, state, path, input_name)
-        transformer.load_lora_adapter(state, adapter_name=adapter, prefix="transformer")
+        # the file's alpha as diffusers' own loader applies it: its LoraConfig metadata, else its alphas
+        scale = {"metadata": state.metadata} if state.metadata else {"network_alphas": state.network_alphas or None}
+        transformer.load_lora_adapter(dict(state), adapter_name=adapter, prefix="transformer", **scale)
         transformer.disable_lora()       # stock forwards stay base; the engine applies adapters per branch
     return adapter

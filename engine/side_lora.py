@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -40,11 +41,14 @@ class SideLoRAs:
         self.names: set[str] = set()
 
     def add(self, adapter: str, state: dict, module_of, hidden: int, input_name: str, file_name: str,
-            scale: float = 1.0) -> None:
+            scale: Union[float, Mapping[str, float]] = 1.0) -> None:
         """Map a diffusers-layout LoRA state dict onto the BFL model whose modules
         ``module_of(name)`` returns (None when absent), checking every shape.
 
-        hidden: the model's hidden size (the row offset of the k and v parts)."""
+        hidden: the model's hidden size (the row offset of the k and v parts).
+        scale: the factor on ``lora_B @ lora_A``: one number, or per layer {diffusers module
+        name (no ``transformer.`` prefix): alpha / rank} as ``read_lora(...).scales`` gives it
+        (layers it leaves out: 1.0)."""
         parts: dict[str, list[LoRAPart]] = {}
         downs = {k.split(".lora_A.")[0]: v for k, v in state.items() if ".lora_A." in k}
         ups = {k.split(".lora_B.")[0]: v for k, v in state.items() if ".lora_B." in k}
@@ -60,6 +64,7 @@ class SideLoRAs:
                 raise InputError(input_name, f"'{file_name}' targets layer '{module_name}', which a Flux model does "
                                              "not have (a LoRA for another architecture?).")
             bfl_name, index, swap = target
+            layer_scale = float(scale.get(module_name, 1.0)) if isinstance(scale, Mapping) else float(scale)
             module = module_of(bfl_name)
             if module is None:
                 raise InputError(input_name, f"'{file_name}' targets layer '{module_name}', which this Flux model "
@@ -82,7 +87,7 @@ class SideLoRAs:
                     raise InputError(input_name, f"'{file_name}' is for a model of another size: layer "
                                                  f"'{module_name}' gives {module.out_features} features here, the "
                                                  f"LoRA writes {rows.shape[0]} at row {off}.")
-                parts.setdefault(bfl_name, []).append(LoRAPart(down, rows, off, scale))
+                parts.setdefault(bfl_name, []).append(LoRAPart(down, rows, off, layer_scale))
         if not parts:
             raise InputError(input_name, f"'{file_name}' holds no LoRA weights (no '.lora_A.' keys).")
         for bfl_name, lst in parts.items():
@@ -122,7 +127,8 @@ class SideLoRAs:
 
 
 def read_side_lora(path: str, input_name: str) -> dict:
-    """A diffusers-layout LoRA file -> {key: tensor}, read with safetensors only."""
+    """A diffusers-layout LoRA file -> {key: tensor} (a ``LoraState``: its ``.scales`` go to
+    :meth:`SideLoRAs.add`'s ``scale``), read with safetensors only."""
     from ..engine.lora_files import read_lora
     name = os.path.basename(path)
     if not path.endswith(".safetensors"):

@@ -185,7 +185,8 @@ class LoadControlLoRA(io.ComfyNode):
         else:           # a host's MODEL: the LoRAs stay beside it, never merged into the shared weights
             layers, side = _layers(model), SideLoRAs()
             for f, k, logical in files:
-                side.add(logical, read_lora(model_path("loras", f, k), k), layers.module_of, layers.hidden, k, f)
+                state = read_lora(model_path("loras", f, k), k)
+                side.add(logical, state, layers.module_of, layers.hidden, k, f, scale=state.scales)
             names, hidden = [logical for _, _, logical in files], layers.hidden
         return io.NodeOutput({"model": model, "adapter": names[0], "target_adapter": names[1] if len(names) > 1
                               else None, "side": side, "hidden": hidden})

@@ -8,10 +8,11 @@ import os
 
 import torch
 
+from .lora_targets import LORA_TARGET_MODULES
+
 #: RefAny3D's LoRA targets (SPEC.md section 2): x_embedder, double blocks' norm1.linear,
 #: attn.to_q/k/v, attn.to_out.0, ff.net.2; single blocks' norm.linear, proj_mlp, proj_out, attn.to_q/k/v
-LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-                "norm.linear", "proj_mlp", "proj_out"]
+LORA_TARGETS = LORA_TARGET_MODULES
 FILES = ("default.safetensors", "coord.safetensors", "domain_embedder.pth")
 
 

@@ -53,8 +53,9 @@ def attach_refany3d(transformer, default_path: str, coord_path: str, embedder_pa
         side = SideLoRAs()
         for logical, path, input_name in ((REFERENCE_ADAPTER, default_path, "reference_lora"),
                                           (DOMAIN_ADAPTER, coord_path, "domain_lora")):
-            side.add(logical, read_lora(path, input_name), layers.module_of, layers.hidden, input_name,
-                     os.path.basename(path))
+            state = read_lora(path, input_name)
+            side.add(logical, state, layers.module_of, layers.hidden, input_name, os.path.basename(path),
+                     scale=state.scales)
         return RefAny3DWeights(adapters={REFERENCE_ADAPTER: REFERENCE_ADAPTER, DOMAIN_ADAPTER: DOMAIN_ADAPTER},
                                domain_embedder=embedder.eval(), side=side, hidden=layers.hidden)
     embedder = embedder.to(transformer.x_embedder.weight.dtype).to(transformer.x_embedder.weight.device)

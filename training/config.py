@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from ..refany3d.lora_targets import LORA_TARGET_MODULES
 from ..renderers.errors import InputError
 
 RECIPES = ("stage1", "stage2", "refany3d")
@@ -27,9 +29,12 @@ BAD_SAMPLE_POLICIES = ("skip", "stop")
 RENDER_IMAGES = ("albedo", "lit")
 VARIANTS = ("bias", "token")
 BACKENDS = ("auto", "pyrender", "raycast")
-#: SPEC.md section 2: RefAny3D's LoRA targets, the image-stream modules (also used for Realiz3D's LoRAs)
-LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-                "norm.linear", "proj_mlp", "proj_out"]
+LORA_INITS = ("auto", "gaussian", "kaiming")
+#: SPEC.md section 2: RefAny3D's LoRA targets, the image-stream modules of the blocks (also used for
+#: Realiz3D's LoRAs): peft's full-match regex of refany3d/lora_targets.py
+LORA_TARGETS = LORA_TARGET_MODULES
+#: the reference's Prodigy weight decay: train.weight_decay's default for the refany3d recipe
+REFANY3D_WEIGHT_DECAY = 0.01
 
 
 @dataclass
@@ -78,7 +83,9 @@ class TrainSection:
     batch_size: int = 1               # samples per process and step
     lr: float = 1e-4
     optimizer: str = "adamw"          # adamw | prodigy (needs prodigyopt; use lr 1.0)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4        # recipe refany3d: 0.01 (the reference's) unless the config sets it
+    prodigy_bias_correction: bool = True    # Prodigy's use_bias_correction (the reference's setting)
+    prodigy_safeguard_warmup: bool = True   # Prodigy's safeguard_warmup (the reference's setting)
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_steps: int = 0             # linear warm-up of the learning rate
@@ -108,7 +115,15 @@ class ShifterSection:
 class LoraSection:
     rank: int = 16
     alpha: float = 16.0
-    targets: list = field(default_factory=lambda: list(LORA_TARGETS))
+    # a regex (peft: full match of the module name) or a list of names (peft: exact name or suffix)
+    targets: Union[str, list] = LORA_TARGETS
+    init: str = "auto"                # auto (refany3d: gaussian, as the reference; else kaiming) | gaussian | kaiming
+
+    def peft_init(self, recipe: str):
+        """peft's ``init_lora_weights`` for ``recipe``: "gaussian" (lora_A ~ N(0, 1/rank)) or True
+        (peft's default, lora_A kaiming-uniform); lora_B starts at zero either way."""
+        gaussian = self.init == "gaussian" or (self.init == "auto" and recipe == "refany3d")
+        return "gaussian" if gaussian else True
 
 
 @dataclass
@@ -195,9 +210,18 @@ def load_config(source: Union[str, dict, None] = None, overrides: Union[dict, li
         if key in PATH_KEYS and isinstance(value, str) and value:
             value = os.path.abspath(value)
         _set_dotted(raw, key, value)
+    _recipe_defaults(raw)
     cfg = _build(TrainConfig, raw, "")
     validate(cfg)
     return cfg
+
+
+def _recipe_defaults(raw: dict) -> None:
+    """Defaults that depend on the recipe, filled in where the config leaves the key out."""
+    train = raw.get("train")
+    if raw.get("recipe") == "refany3d" and (train is None or isinstance(train, dict)):
+        train = raw["train"] = train or {}
+        train.setdefault("weight_decay", REFANY3D_WEIGHT_DECAY)
 
 
 def _deep_copy(d):
@@ -287,6 +311,10 @@ def _coerce(value, kind, key: str):
         if not isinstance(value, list):
             raise InputError(key, f"must be a list (got {value!r}).")
         return list(value)
+    if kind == Union[str, list]:
+        if not isinstance(value, (str, list)):
+            raise InputError(key, f"must be a string or a list (got {value!r}).")
+        return list(value) if isinstance(value, list) else value
     return value
 
 
@@ -345,8 +373,8 @@ def validate(cfg: TrainConfig) -> None:
     _one_of(cfg.shifters.variant, VARIANTS, "shifters.variant")
     _check(cfg.lora.rank >= 1, "lora.rank", f"must be at least 1 (got {cfg.lora.rank}).")
     _check(cfg.lora.alpha > 0, "lora.alpha", f"must be positive (got {cfg.lora.alpha}).")
-    _check(bool(cfg.lora.targets) and all(isinstance(x, str) and x for x in cfg.lora.targets), "lora.targets",
-           "must be a non-empty list of module names (e.g. attn.to_q).")
+    _check_targets(cfg.lora.targets)
+    _one_of(cfg.lora.init, LORA_INITS, "lora.init")
     _check(cfg.stage2.tau_b >= 0, "stage2.tau_b", f"must be >= 0 (got {cfg.stage2.tau_b}).")
     ra = cfg.refany3d
     _check(1 <= ra.n_views <= 60, "refany3d.n_views", f"must be from 1 to 60 (got {ra.n_views}).")
@@ -361,6 +389,19 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.recipe == "stage2" and not cfg.stage2.baseline:
         _check(bool(cfg.stage2.shifters), "stage2.shifters",
                "stage 2 needs the stage-1 shifter file (or set stage2.baseline: true for standard fine-tuning).")
+
+
+def _check_targets(targets) -> None:
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise InputError("lora.targets", f"is not a valid regular expression ({exc}).") from None
+        _check(bool(targets), "lora.targets", "must not be empty.")
+        return
+    _check(bool(targets) and all(isinstance(x, str) and x for x in targets), "lora.targets",
+           "must be a regular expression matched against whole module names, or a non-empty list of module "
+           "names (e.g. attn.to_q).")
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -14,15 +14,21 @@ from ..engine.lora import LoraLayer, adapter_names
 from .outputs import save_safetensors
 
 
-def add_lora(transformer: nn.Module, name: str, rank: int, alpha: float, targets: list) -> dict:
-    """Inject a fresh adapter (peft's init: A random from torch's global generator, B zero, so
-    it starts as the identity) and return its parameters {name: Parameter}, trainable, fp32."""
+def add_lora(transformer: nn.Module, name: str, rank: int, alpha: float, targets, init=True) -> dict:
+    """Inject a fresh adapter and return its parameters {name: Parameter}, trainable, fp32.
+
+    targets: peft's ``target_modules``: a regex string (full match of module names, as
+    refany3d.lora_targets.LORA_TARGET_MODULES) or a list of names (exact name or suffix).
+    init: peft's ``init_lora_weights``: True (lora_A kaiming-uniform) or "gaussian" (lora_A ~
+    N(0, 1/rank), the reference's); A is drawn from torch's global generator and B starts at
+    zero either way, so the adapter starts as the identity."""
     from peft import LoraConfig
 
     if name in adapter_names(transformer):           # left over from an interrupted run in this process
         transformer.delete_adapters(name)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
-                                       init_lora_weights=True), adapter_name=name)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha,
+                                       target_modules=targets if isinstance(targets, str) else list(targets),
+                                       init_lora_weights=init), adapter_name=name)
     params = lora_parameters(transformer, name)
     if not params:
         raise ValueError(f"no module of the transformer matches the LoRA targets {targets}")
@@ -55,7 +61,9 @@ def save_lora(transformer: nn.Module, name: str, path: str) -> str:
 def load_into_lora(transformer: nn.Module, name: str, path: str, input_name: str) -> None:
     """Start the trainable adapter ``name`` from a diffusers-layout LoRA file (the published
     RefAny3D files, or a previous run's). Its rank must be lora.rank and its layers among
-    lora.targets; lora_B is divided by the adapter's scale so the effect is the file's."""
+    lora.targets. The file's own scale (alpha / rank from its metadata or ``.alpha`` keys, 1 when
+    it says nothing) is multiplied into lora_B and the adapter's divided out, so the adapter's
+    effect is the file's as diffusers would load it."""
     import torch
 
     from ..engine.lora_files import check_lora_fits, read_lora
@@ -76,12 +84,12 @@ def load_into_lora(transformer: nn.Module, name: str, path: str, input_name: str
                 raise InputError(input_name, f"'{path}' has rank {a.shape[0]} at '{module_name}'; set lora.rank to "
                                              f"{a.shape[0]} to continue training it.")
             m.lora_A[name].weight.copy_(a)
-            m.lora_B[name].weight.copy_(b.float() / m.scaling[name])
+            m.lora_B[name].weight.copy_(b.float() * state.scale(module_name) / m.scaling[name])
             used.update((key + "A.weight", key + "B.weight"))
     extra = sorted({k.split(".lora_")[0].removeprefix("transformer.") for k in state if k not in used})
     if extra:
         raise InputError(input_name, f"'{path}' adapts layers that lora.targets does not train (e.g. {extra[:3]}); "
-                                     "add them to lora.targets.")
+                                     "add them to lora.targets (a regex of module names, or a list of names).")
 
 
 def remove_lora(transformer: nn.Module, names: list) -> None:

@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from ..adapters import DomainShifters, ShifterConfig, load_shifters, save_shifters
-from ..engine import Branch, FluxEngine
+from ..engine import FluxEngine
 from ..refany3d import layout
+from ..sampling import realiz3d_layout
 from ..refany3d.domain_embedder import make_domain_embedder
 from ..renderers.errors import InputError
 from .data import REAL, SYNTHETIC, Sample
@@ -145,7 +146,7 @@ class Recipe(ABC):
 
     def _add_lora(self, name: str) -> dict:
         lc = self.cfg.lora
-        params = add_lora(self.transformer, name, lc.rank, lc.alpha, lc.targets)
+        params = add_lora(self.transformer, name, lc.rank, lc.alpha, lc.targets, init=lc.peft_init(self.cfg.recipe))
         self._lora_names.append(name)
         return {f"lora.{n}": p for n, p in params.items()}
 
@@ -228,14 +229,10 @@ class Realiz3DRecipe(Recipe):
         x0, noise, t = torch.stack(x0s).to(dev), torch.stack(noises).to(dev), torch.cat(ts).to(dev)
         ids = self.latents.ids(h, w, dt)
         g = self.guidance(n, cfg.train.guidance)
-        branches = [Branch(embeds, text_ids, t, g, is_text=True, name="text"),
-                    Branch(noisy(x0, noise, t), ids, t, g, self.target_adapters, block_domains=plan.domains,
-                           name="target")]
-        if plan.controls:
-            c = torch.stack(controls).to(dev)                  # [n, C, T, 64]
-            zero, one = torch.zeros(n, device=dev), self.guidance(n, 1.0)
-            branches += [Branch(c[:, k], ids, zero, one, self.control_adapters, name=f"control{k}")
-                         for k in range(c.shape[1])]              # aligned: the target's own position ids
+        c = torch.stack(controls).to(dev) if plan.controls else None          # [n, C, T, 64]
+        branches = realiz3d_layout.build_branches(embeds, text_ids, t, g, noisy(x0, noise, t), ids,
+                                                  self.target_adapters, plan.domains, c, self.control_adapters,
+                                                  self.guidance(n, 1.0))
         pred = self.engine.forward(branches, None, pooled, outputs=[1], frozen_blocks=plan.frozen)[1]
         return mse_per_sample(pred, velocity(x0, noise))
 
@@ -269,7 +266,6 @@ class RefAny3DRecipe(Recipe):
         names = {layout.REFERENCE_ADAPTER: REFERENCE, layout.DOMAIN_ADAPTER: DOMAIN}
         self.n_views = ra.n_views
         self.adapters = [tuple(names[a] for a in ad) for ad in layout.adapters(ra.n_views)]
-        self.tags = layout.domain_tags(ra.n_views)
         self.mask = layout.group_mask(ra.n_views, text_agnostic=ra.text_agnostic).to(self.device)
         self.engine = FluxEngine(tr, domain_embedder=self.embedder, checkpointing=cfg.train.gradient_checkpointing)
 
@@ -331,15 +327,9 @@ class RefAny3DRecipe(Recipe):
         ex, ey, t = torch.stack(e_rgb).to(dev), torch.stack(e_pts).to(dev), torch.cat(ts).to(dev)
         cond = torch.stack(views).to(dev)                        # [n, 2V, T, 64]
         ids = self.latents.ids(h, w, dt)
-        cond_ids = self.latents.ids(vh, vw, dt).clone()
-        cond_ids[:, 2] += -cond_w / 16.0                         # one condition width to the left
-        g, one, zero = self.guidance(n, cfg.train.guidance), self.guidance(n, 1.0), torch.zeros(n, device=dev)
-        a, tags = self.adapters, self.tags
-        branches = [Branch(embeds, text_ids, t, g, is_text=True, name="text"),
-                    Branch(noisy(x0, ex, t), ids, t, g, a[1], tags[1], name="target_rgb"),
-                    Branch(noisy(y0, ey, t), ids, t, g, a[2], tags[2], name="target_points")]
-        branches += [Branch(cond[:, k], cond_ids, zero, one, a[3 + k], tags[3 + k], name=f"view{k}")
-                     for k in range(2 * self.n_views)]
+        cond_ids = layout.condition_ids(self.latents.ids(vh, vw, dt), cond_w)
+        branches = layout.build_branches(embeds, text_ids, t, self.guidance(n, cfg.train.guidance), noisy(x0, ex, t),
+                                         noisy(y0, ey, t), ids, cond, cond_ids, self.guidance(n, 1.0), self.adapters)
         out = self.engine.forward(branches, self.mask, pooled, outputs=[1, 2])
         return mse_per_sample(out[1], velocity(x0, ex)) + mse_per_sample(out[2], velocity(y0, ey))
 

@@ -89,7 +89,8 @@ def make_optimizer(cfg: TrainConfig, params: list):
         except ImportError:
             raise InputError("train.optimizer", "Prodigy needs the prodigyopt package (pip install prodigyopt); "
                                                 "or use adamw.") from None
-        return Prodigy(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+        return Prodigy(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                       use_bias_correction=t.prodigy_bias_correction, safeguard_warmup=t.prodigy_safeguard_warmup)
     return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
 
 

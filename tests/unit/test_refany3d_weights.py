@@ -11,9 +11,8 @@ from realiz3d.renderers import InputError
 from realiz3d.refany3d import (attach_refany3d, convert_to_safetensors, group_mask, load_domain_embedder,
                                make_domain_embedder)
 from realiz3d.refany3d.layout import adapters, domain_tags
+from realiz3d.refany3d.lora_targets import LORA_TARGET_MODULES as LORA_TARGETS
 
-LORA_TARGETS = ["x_embedder", "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2",
-                "norm.linear", "proj_mlp", "proj_out"]
 
 
 def transformer(hidden_heads=2, seed=0):
