@@ -44,13 +44,54 @@ def test_sample_shapes_range_and_determinism(setup):
     assert not torch.equal(a_rgb, c_rgb)
 
 
-def test_conditions_and_image_cfg_matter(setup):
+def test_image_cfg_combines_the_conditioned_and_the_black_pass(setup, monkeypatch):
+    """Each step runs the conditioned pass (group mask, the views' latents in branch order: RGB
+    views, then point maps) and the reference's black pass (black views' latents, no mask), and
+    moves by v_unc + image_cfg (v_cond - v_unc): with one step the final latents are affine in
+    image_cfg, so L(3) - L(1) = 2 (L(2) - L(1)) for both targets."""
+    import realiz3d.refany3d.sampler as sampler_module
+    from realiz3d.refany3d.layout import group_mask
+    from realiz3d.sampling.flow import encode_images
+    from realiz3d.sampling.runtime import DiffusersCodec, LatentCodec, runtime_from_pipeline
     pipe, weights, rgb, pts, _ = setup
-    ref, _ = sample(pipe, weights, "x", rgb, pts, settings(image_cfg=1.0))
-    other_views, _ = sample(pipe, weights, "x", 1 - rgb, pts, settings(image_cfg=1.0))
-    cfg, _ = sample(pipe, weights, "x", rgb, pts, settings(image_cfg=2.0))
-    assert (ref - other_views).abs().max() > 1e-4
-    assert (ref - cfg).abs().max() > 1e-4
+    calls, finals = [], []
+
+    class Recording(sampler_module.FluxEngine):
+        def forward(self, branches, mask=None, *args, **kwargs):
+            calls.append((list(branches), mask))
+            return super().forward(branches, mask, *args, **kwargs)
+
+    class Capture(LatentCodec):
+        channels, can_sample = 16, True
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, images, generator, mode):
+            return self.inner.encode(images, generator, mode)
+
+        def decode(self, latents):
+            finals.append(latents.clone())
+            return self.inner.decode(latents)
+
+    monkeypatch.setattr(sampler_module, "FluxEngine", Recording)
+    rt = runtime_from_pipeline(pipe)
+    rt.codec = Capture(DiffusersCodec(pipe.vae))
+    for cfg in (1.0, 2.0, 3.0):
+        sample(rt, weights, "x", rgb, pts, settings(steps=1, image_cfg=cfg, condition_latents="mean"))
+    rgb1, pts1, rgb2, pts2, rgb3, pts3 = finals
+    for one, two, three in ((rgb1, rgb2, rgb3), (pts1, pts2, pts3)):
+        assert (two - one).abs().max() > 1e-4
+        assert torch.allclose(three - one, 2 * (two - one), atol=1e-5)
+    assert len(calls) == 1 + 2 + 2                           # image_cfg 1 skips the black pass
+    n = rgb.shape[0]
+    views, _ = encode_images(DiffusersCodec(pipe.vae), torch.cat([rgb, pts]), None, "mean")
+    black, _ = encode_images(DiffusersCodec(pipe.vae), torch.zeros_like(torch.cat([rgb, pts])), None, "mean")
+    (cond_branches, cond_mask), (unc_branches, unc_mask) = calls[1], calls[2]
+    assert torch.equal(cond_mask, group_mask(n)) and unc_mask is None
+    for k in range(2 * n):
+        assert torch.allclose(cond_branches[3 + k].tokens[0], views[k], atol=1e-6)
+        assert torch.allclose(unc_branches[3 + k].tokens[0], black[k], atol=1e-6)
 
 
 def test_cancel_stops_after_the_current_step(setup):

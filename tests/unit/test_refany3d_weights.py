@@ -63,7 +63,9 @@ def write_published_files(folder, hidden_heads=2, seed=1):
     return paths
 
 
-def run(tr, weights, tag_adapters=True):
+def run(tr, weights, tag_adapters=True, mask=None, drop=None):
+    """Target outputs {1: RGB, 2: point map} for one view; ``drop`` = (branch, 'adapters' | 'tag')
+    removes that branch's adapters or domain tag; ``mask`` defaults to RefAny3D's group mask."""
     torch.manual_seed(3)
     txt, x, cond = torch.randn(1, 5, 48), torch.randn(1, 16, 16), torch.randn(2, 16, 16)
     ids = torch.stack([torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], 1).float()
@@ -74,7 +76,11 @@ def run(tr, weights, tag_adapters=True):
     br += [Branch(x, ids, t, g, ad[1], tags[1]), Branch(x, ids, t, g, ad[2], tags[2])]
     br += [Branch(cond[k:k + 1], ids - torch.tensor([0, 0, 4.0]), torch.zeros(1), torch.ones(1), ad[3 + k], tags[3 + k])
            for k in range(2)]
-    return FluxEngine(tr, weights.domain_embedder)(br, group_mask(1), torch.randn(1, 24), outputs=[1, 2])
+    if drop is not None:
+        i, what = drop
+        br[i].adapters, br[i].domain = ((), br[i].domain) if what == "adapters" else (br[i].adapters, None)
+    return FluxEngine(tr, weights.domain_embedder)(br, group_mask(1) if mask is None else mask, torch.randn(1, 24),
+                                                   outputs=[1, 2])
 
 
 def test_published_files_load_and_change_the_output(tmp_path):
@@ -92,9 +98,20 @@ def test_published_files_load_and_change_the_output(tmp_path):
                    timestep=torch.tensor([0.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3),
                    guidance=torch.tensor([3.5]), return_dict=False)[0]
     assert torch.equal(base, again)
-    with_weights, without = run(tr, weights), run(tr, weights, tag_adapters=False)
-    assert (with_weights[2] - without[2]).abs().max() > 1e-3       # coord LoRA + domain tag act
-    assert (with_weights[1] - without[1]).abs().max() > 1e-4       # domain tag 0 and the views act via attention
+    # every branch attending to itself only: each adapter and tag changes its own branch's output
+    # and nothing else
+    alone = torch.eye(5, dtype=torch.bool)
+    ref = run(tr, weights, mask=alone)
+    no_coord = run(tr, weights, mask=alone, drop=(2, "adapters"))       # target point map's Domain-LoRA
+    assert (ref[2] - no_coord[2]).abs().max() > 1e-3 and torch.equal(ref[1], no_coord[1])
+    no_tag0 = run(tr, weights, mask=alone, drop=(1, "tag"))             # target RGB's domain tag 0
+    assert (ref[1] - no_tag0[1]).abs().max() > 1e-4 and torch.equal(ref[2], no_tag0[2])
+    no_tag1 = run(tr, weights, mask=alone, drop=(2, "tag"))             # target point map's domain tag 1
+    assert (ref[2] - no_tag1[2]).abs().max() > 1e-4 and torch.equal(ref[1], no_tag1[1])
+    for view in (3, 4):           # the views' Reference-LoRA reaches the targets through attention only
+        assert all(torch.equal(ref[i], run(tr, weights, mask=alone, drop=(view, "adapters"))[i]) for i in (1, 2))
+        full, no_ref = run(tr, weights), run(tr, weights, drop=(view, "adapters"))
+        assert all((full[i] - no_ref[i]).abs().max() > 1e-5 for i in (1, 2))
     # attaching the same files again injects nothing new
     names = set(weights.adapters.values())
     assert attach_refany3d(tr, paths["default"], paths["coord"], paths["embedder"]).adapters == weights.adapters
