@@ -16,7 +16,8 @@ FluxType = io.Custom("REALIZ3D_FLUX")          # nodes.flux_nodes.FluxModel
 FluxClipType = io.Custom("REALIZ3D_FLUX_CLIP")  # nodes.flux_nodes.FluxModel (its text encoders)
 FluxVaeType = io.Custom("REALIZ3D_FLUX_VAE")    # nodes.flux_nodes.FluxModel (its VAE)
 RefAny3DType = io.Custom("REALIZ3D_REFANY3D")  # nodes.refany3d_nodes.RefAny3DModel
-PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")  # dict(xyz [P, 3], rgb uint8 [P, 3])
+#: list of dict(xyz float32 [P, 3], rgb uint8 [P, 3]), one per image (a bare dict: one cloud)
+PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")
 ShifterType = io.Custom("REALIZ3D_SHIFTER")    # adapters.DomainShifters
 ScheduleType = io.Custom("REALIZ3D_SCHEDULE")  # dict of make_schedule parameters
 ControlType = io.Custom("REALIZ3D_CONTROL")    # dict(model, adapter): a control LoRA attached to a model

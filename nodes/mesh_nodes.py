@@ -25,9 +25,11 @@ class LoadMesh(io.ComfyNode):
                         "scenes are flattened with their transforms.",
             inputs=[
                 io.Boolean.Input("normalize", default=True,
-                                 tooltip="Centre the mesh and scale its longest side to span [-1, 1] (what "
-                                         "RefAny3D and the camera rigs assume). Point maps always use the "
-                                         "mesh's own bounding box."),
+                                 tooltip="Centre the mesh and scale its longest side to span [-1, 1], the "
+                                         "frame the camera rigs assume: Render Views, Multiview Generate, Bake "
+                                         "Texture and the MESH output see the mesh in it. RefAny3D Sample "
+                                         "renders its conditions from the normalised mesh either way. Point "
+                                         "maps always use the mesh's own bounding box."),
                 io.Combo.Input("mesh_file", options=files, default=files[0],
                                tooltip="A mesh in ComfyUI's input folder (subfolders included, e.g. input/3d "
                                        "where uploads go). '(bundled) ...' is the pack's sample mesh.",

@@ -5,14 +5,15 @@ from dataclasses import dataclass
 
 import folder_paths
 import numpy as np
+import torch
 from comfy_api.latest import io
 
-from ..refany3d import RefAny3DSettings, attach_refany3d, decode_point_map, sample
-from ..refany3d.conditions import render_conditions
+from ..refany3d import RefAny3DSettings, attach_refany3d, point_clouds, sample, xyz_maps
+from ..refany3d.conditions import condition_views
 from ..renderers.errors import InputError
 from . import native
-from .common import (CATEGORY, PREFIX, MeshType, PointCloudType, RefAny3DType, check_cancel, conditioning_input,
-                     model_input, progress, vae_input)
+from .common import (CATEGORY, PREFIX, MeshType, PointCloudType, RefAny3DType, RenderType, check_cancel,
+                     conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
 from .paths import model_path, register_model_folder
 
@@ -71,18 +72,25 @@ class RefAny3DSample(io.ComfyNode):
             node_id=f"{PREFIX}RefAny3DSample",
             display_name="RefAny3D Sample (Realiz3D)",
             category=f"{CATEGORY}/RefAny3D",
-            description="Generates an image of the 3D asset and its point map from a prompt. Conditions are "
-                        "rendered from the mesh with RefAny3D's cameras, or given as pre-rendered views.",
+            description="Generates an image of the 3D asset and its point map from a prompt, and the point map "
+                        "decoded to XYZ (point clouds, float map, mask). Conditions are rendered from the "
+                        "normalised mesh with RefAny3D's cameras, or given as pre-rendered views (with their "
+                        "render for the asset's true bounds).",
             inputs=[
                 RefAny3DType.Input("refany3d", tooltip="From Load RefAny3D (the model travels with it)."),
                 conditioning_input(),
                 vae_input(),
                 MeshType.Input("mesh", optional=True,
-                               tooltip="Reference mesh (normalised by Load Mesh). Give this or both view inputs."),
+                               tooltip="Reference mesh from Load Mesh. Its conditions are always rendered from the "
+                                       "normalised mesh, as RefAny3D does, whatever Load Mesh's normalize says; the "
+                                       "point map decodes into the mesh file's own frame. Wins over the view inputs."),
                 io.Image.Input("rgb_views", optional=True,
-                               tooltip="Pre-rendered unlit RGB views [V, S, S, 3] on white (instead of mesh)."),
+                               tooltip="Pre-rendered unlit RGB views [V, S, S, 3] on white (instead of mesh). "
+                                       "Without a render the point map decodes into the [-1, 1] cube, which "
+                                       "stretches a non-cubic asset: connect its render too."),
                 io.Image.Input("point_views", optional=True,
-                               tooltip="Pre-rendered per-axis point maps matching rgb_views (instead of mesh)."),
+                               tooltip="Pre-rendered per-axis point maps matching rgb_views (instead of mesh). "
+                                       "Without a render the point map decodes into the [-1, 1] cube."),
                 io.Int.Input("views", default=8, min=1, max=60,
                              tooltip="Number of condition views rendered from the mesh (the weights use 8)."),
                 io.Int.Input("condition_size", default=512, min=16, max=2048, step=16,
@@ -108,31 +116,40 @@ class RefAny3DSample(io.ComfyNode):
                                          "to the targets, unlike in training."),
                 io.Float.Input("background_threshold", default=0.95, min=0.5, max=1.0, step=0.01,
                                tooltip="Point-map pixels brighter than this in every channel are background "
-                                       "(white) and left out of the point cloud."),
+                                       "(white), unless they connect to the object without passing through "
+                                       "white (above 0.99): those are its surface near the bounding box's max "
+                                       "corner. 0.99 or more: a plain threshold."),
+                RenderType.Input("render", optional=True,
+                                 tooltip="Render Views' bundle of the asset the views show: its asset bounds decode "
+                                         "the point map (true proportions), and it supplies the views not connected "
+                                         "(its unlit albedo; its point maps). For the reference's colours render "
+                                         "with albedo 'reference' and the refany3d cameras."),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="point_map"),
-                     PointCloudType.Output(display_name="point_cloud")],
+                     PointCloudType.Output(display_name="point_cloud",
+                                           tooltip="One point cloud per image: the foreground of its point map in "
+                                                   "the asset frame, coloured by the image."),
+                     io.Image.Output(display_name="xyz",
+                                     tooltip="Raw XYZ float map [B, H, W, 3] in the asset frame (mesh-file units, "
+                                             "not clipped to [0, 1]; 0 on background): data, not an image to view."),
+                     io.Mask.Output(display_name="foreground",
+                                    tooltip="1 where the point map shows the object (the pixels of the point cloud).")],
         )
 
     @classmethod
     def execute(cls, refany3d, positive, vae, views, condition_size, width, height, steps, guidance, image_cfg, seed,
                 batch, condition_latents, kv_cache, background_threshold, mesh=None, rgb_views=None,
-                point_views=None) -> io.NodeOutput:
+                point_views=None, render=None) -> io.NodeOutput:
         if not isinstance(refany3d, RefAny3DModel):
             raise InputError("refany3d", "expects the output of Load RefAny3D (Realiz3D).")
-        if mesh is not None:
-            check_cancel()
-            rgb, pts, bounds = render_conditions(mesh, views, condition_size)
-        elif rgb_views is not None and point_views is not None:
-            rgb, pts, bounds = rgb_views.float(), point_views.float(), np.array([[-1.0] * 3, [1.0] * 3])
-        else:
-            raise InputError("mesh", "connect a mesh, or both rgb_views and point_views.")
-        # without a mesh the point map decodes into the normalised [-1, 1] cube
+        check_cancel()
+        # without a mesh or a render the point map decodes into the [-1, 1] cube (see the tooltips)
+        rgb, pts, bounds = condition_views(mesh, rgb_views, point_views, render, views, condition_size)
         settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,
                                     batch=batch, seed=seed, condition_latents=condition_latents, kv_cache=kv_cache)
         runtime = native.runtime(refany3d.model, vae)
         image, point_map = sample(runtime, refany3d.weights, native.text_conditioning(positive), rgb, pts, settings,
                                   progress(steps))
-        xyz, fg = decode_point_map(point_map[0].numpy(), bounds, background_threshold)
-        colors = np.clip(np.round(image[0].numpy()[fg] * 255), 0, 255).astype(np.uint8)
-        return io.NodeOutput(image, point_map, {"xyz": xyz, "rgb": colors})
+        xyz, fg = xyz_maps(point_map.numpy(), bounds, background_threshold)
+        return io.NodeOutput(image, point_map, point_clouds(image.numpy(), xyz, fg), torch.from_numpy(xyz),
+                             torch.from_numpy(fg.astype(np.float32)))

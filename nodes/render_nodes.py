@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
-from ..renderers import BACKENDS, MAX_RESOLUTION, bundle_points, depth_image, normal_image, render_views, write_ply
+from ..renderers import (ALBEDO_MODES, BACKENDS, MAX_RESOLUTION, bundle_points, depth_image, normal_image,
+                         render_views, write_ply)
 from ..renderers.errors import InputError
 from .common import CATEGORY, PREFIX, CamerasType, MeshType, PointCloudType, RenderType, output_file, progress
+
+
+log = logging.getLogger(__name__)
 
 
 def _t(array) -> torch.Tensor:
@@ -44,6 +50,12 @@ class RenderViews(io.ComfyNode):
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
                                tooltip="pyrender: OpenGL offscreen (EGL or OSMesa), fastest. raycast: exact "
                                        "ray casting with Embree, no GL needed. auto: pyrender when GL works."),
+                # optional so that API workflows saved before it existed still validate
+                io.Combo.Input("albedo", options=list(ALBEDO_MODES), default="multiplied", optional=True,
+                               tooltip="multiplied: glTF's material, base colour factor x texture x vertex colour "
+                                       "x face colour. reference: the texture alone when textured, else vertex "
+                                       "(or face) colours, else the base colour: RefAny3D's reference renderer, "
+                                       "and what its conditions use."),
             ],
             outputs=[
                 io.Image.Output(display_name="rgb"),
@@ -57,10 +69,10 @@ class RenderViews(io.ComfyNode):
 
     @classmethod
     def execute(cls, mesh, cameras, width, height, rgb, ambient, normal_frame, smooth_normals, background,
-                backend) -> io.NodeOutput:
+                backend, albedo="multiplied") -> io.NodeOutput:
         lit = rgb == "lit"
         bundle = render_views(mesh, cameras, width, height, backend=backend, smooth_normals=smooth_normals,
-                              background=(background,) * 3, lit=lit, ambient=ambient,
+                              background=(background,) * 3, lit=lit, ambient=ambient, albedo=albedo,
                               progress=progress(len(cameras)))
         return io.NodeOutput(_t(bundle.lit if lit else bundle.albedo), _t(bundle.points_normalized),
                              _t(normal_image(bundle, normal_frame)), _t(depth_image(bundle)), _t(bundle.mask),
@@ -74,13 +86,15 @@ class SavePointCloud(io.ComfyNode):
             node_id=f"{PREFIX}SavePointCloud",
             display_name="Save Point Cloud (Realiz3D)",
             category=f"{CATEGORY}/render",
-            description="Writes the foreground points of a render bundle (in the mesh's own frame, with "
-                        "normals) or a generated point cloud as a binary PLY with colours into ComfyUI's output "
-                        "folder.",
+            description="Writes the foreground points of a render bundle (all views in one PLY, in the mesh's "
+                        "own frame, with normals) or RefAny3D Sample's point clouds (one PLY per image) as binary "
+                        "PLY with colours into ComfyUI's output folder.",
             inputs=[
                 RenderType.Input("render", optional=True, tooltip="Render bundle from Render Views."),
                 PointCloudType.Input("point_cloud", optional=True,
-                                     tooltip="A point cloud from RefAny3D Sample (instead of a render)."),
+                                     tooltip="Point clouds from RefAny3D Sample (instead of a render): one PLY per "
+                                             "image; an image whose point map is all background is skipped "
+                                             "(logged)."),
                 io.String.Input("filename_prefix", default="realiz3d/pointcloud",
                                 tooltip="Output name under ComfyUI's output folder; subfolders allowed, "
                                         "leaving the output folder is not."),
@@ -97,15 +111,22 @@ class SavePointCloud(io.ComfyNode):
     @classmethod
     def execute(cls, filename_prefix, stride, color, render=None, point_cloud=None) -> io.NodeOutput:
         if render is not None:
-            xyz, rgb, normals = bundle_points(render, color, stride)
+            clouds = [bundle_points(render, color, stride)]
         elif point_cloud is not None:
-            xyz, rgb, normals = point_cloud["xyz"][::stride], point_cloud["rgb"][::stride], None
+            items = point_cloud if isinstance(point_cloud, (list, tuple)) else [point_cloud]
+            clouds = [(c["xyz"][::stride], c["rgb"][::stride], None) for c in items]
         else:
             raise InputError("render", "connect a render (Render Views) or a point_cloud (RefAny3D Sample).")
-        if not len(xyz):
+        empty = [k for k, (xyz, _, _) in enumerate(clouds) if not len(xyz)]
+        if len(empty) == len(clouds):
             raise InputError("render" if render is not None else "point_cloud",
                              "has no foreground point (the object is out of frame, or the generated point map "
                              "is all background); nothing to save.")
-        path, filename, subfolder = output_file(filename_prefix, "ply", "realiz3d/pointcloud")
-        write_ply(path, xyz, rgb, normals)
-        return io.NodeOutput(ui={"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
+        if empty:   # one failed image of a batch should not cost the others' files
+            log.warning("Save Point Cloud: image(s) %s of the batch have no foreground point; not saved", empty)
+        files = []
+        for xyz, rgb, normals in (c for k, c in enumerate(clouds) if k not in empty):
+            path, filename, subfolder = output_file(filename_prefix, "ply", "realiz3d/pointcloud")
+            write_ply(path, xyz, rgb, normals)
+            files.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+        return io.NodeOutput(ui={"3d": files})

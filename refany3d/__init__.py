@@ -7,8 +7,10 @@
 """
 from .domain_embedder import convert_to_safetensors, load_domain_embedder, make_domain_embedder
 from .layout import adapters, domain_tags, group_mask
-from .sampler import RefAny3DSettings, decode_point_map, sample
+from .point_maps import decode_point_map, point_clouds, xyz_maps
+from .sampler import RefAny3DSettings, sample
 from .weights import RefAny3DWeights, attach_refany3d
 
 __all__ = ["convert_to_safetensors", "load_domain_embedder", "make_domain_embedder", "adapters", "domain_tags",
-           "group_mask", "RefAny3DSettings", "decode_point_map", "sample", "RefAny3DWeights", "attach_refany3d"]
+           "group_mask", "RefAny3DSettings", "decode_point_map", "point_clouds", "xyz_maps", "sample",
+           "RefAny3DWeights", "attach_refany3d"]

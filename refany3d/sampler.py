@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..engine import Branch, FluxEngine, KVCache
@@ -138,13 +137,3 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     with rt.load_codec():
         return (decode_latents(rt.codec, latents, s.height, s.width),
                 decode_latents(rt.codec, point_latents, s.height, s.width))
-
-
-def decode_point_map(point_map: np.ndarray, asset_bounds: np.ndarray, background_threshold: float = 0.95):
-    """Generated point-map image [H, W, 3] in [0, 1] -> (xyz [P, 3] in the asset frame, foreground
-    mask [H, W]). Background is white in RefAny3D's point maps: pixels whose every channel exceeds
-    ``background_threshold`` are dropped."""
-    lo, hi = np.asarray(asset_bounds[0], np.float64), np.asarray(asset_bounds[1], np.float64)
-    fg = ~np.all(point_map > background_threshold, axis=-1)
-    xyz = lo + point_map[fg].astype(np.float64) * (hi - lo)
-    return xyz.astype(np.float32), fg

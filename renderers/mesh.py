@@ -24,7 +24,8 @@ class MeshPart:
     vertices: float64 [N, 3]; faces: int64 [M, 3]; uv: float32 [N, 2] (OpenGL convention:
     v = 0 is the bottom row of the texture) or None; vertex_colors: float32 [N, 4] or None;
     face_colors: float32 [M, 4] or None; texture: uint8 [H, W, 4] (row 0 = top) or None;
-    base_color: float32 [4], multiplies texture and vertex colours (glTF baseColorFactor).
+    base_color: float32 [4] (glTF baseColorFactor): multiplies texture and vertex colours in the
+    'multiplied' albedo; the 'reference' albedo uses it only when the part has no other colour.
     """
 
     vertices: np.ndarray
@@ -118,6 +119,19 @@ def normalize(mesh: Mesh) -> Mesh:
     # compose with any earlier normalisation so asset-frame queries stay exact
     return Mesh(parts=parts, source=mesh.source,
                 center=mesh.center + center / mesh.scale, scale=mesh.scale * scale)
+
+
+def is_normalized(mesh: Mesh, tol: float = 1e-9) -> bool:
+    """True when the render-frame bounding box is centred on the origin and its longest side
+    spans [-1, 1] (what :func:`normalize` gives), to ``tol``."""
+    lo, hi = mesh.bounds
+    return bool(np.all(np.abs(lo + hi) <= 2 * tol) and abs(float(np.max(hi - lo)) - 2.0) <= 2 * tol)
+
+
+def normalized(mesh: Mesh) -> Mesh:
+    """``mesh`` itself when it is normalised already, else a normalised copy (the input is never
+    changed). Skipping the no-op keeps a normalised mesh's vertices bit-identical."""
+    return mesh if is_normalized(mesh) else normalize(mesh)
 
 
 def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from . import backend_pyrender, backend_raycast
 from .cameras import Camera
 from .errors import InputError
 from .mesh import Mesh
-from .surface import MeshTables, sample_surface, shade_lambert
+from .surface import ALBEDO_MODES, MeshTables, sample_surface, shade_lambert
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +101,23 @@ def make_visibility(backend: str, vertices: np.ndarray, faces: np.ndarray):
 
 def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: int = 512, backend: str = "auto",
                  smooth_normals: bool = True, background=(1.0, 1.0, 1.0), lit: bool = True,
-                 ambient: float = 0.3, progress: Optional[Callable[[int, int], None]] = None) -> RenderBundle:
+                 ambient: float = 0.3, progress: Optional[Callable[[int, int], None]] = None,
+                 albedo: str = "multiplied") -> RenderBundle:
     """Render every camera's view of ``mesh``.
 
-    lit: also compute the lit (Lambert, headlight + ambient) RGB. progress(done, total) is called
-    after each view; it may raise to cancel (the host's interrupt), in which case nothing is
-    returned.
+    lit: also compute the lit (Lambert, headlight + ambient) RGB. albedo: how a part's colour
+    sources combine, 'multiplied' (glTF: base colour factor x texture x vertex x face colour)
+    or 'reference' (RefAny3D's renderer: the texture alone, else vertex, else face, else base
+    colour); the lit RGB shades that albedo. progress(done, total) is called after each view;
+    it may raise to cancel (the host's interrupt), in which case nothing is returned.
     """
     if not cameras:
         raise InputError("cameras", "no cameras given (zero views); use at least one view.")
     check_resolution(width, height)
     if not 0.0 <= ambient <= 1.0:
         raise InputError("ambient", f"must be within [0, 1] (got {ambient}).")
+    if albedo not in ALBEDO_MODES:
+        raise InputError("albedo", f"must be one of {ALBEDO_MODES} (got {albedo!r}).")
     check_cameras_outside(mesh, cameras)
     tables = MeshTables(mesh)
     vis = make_visibility(backend, tables.vertices, tables.faces)
@@ -132,7 +137,7 @@ def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: in
         fid = vis.face_ids(cam, w, h)
         pixel = np.flatnonzero(fid.reshape(-1) >= 0)
         origins, dirs = cam.rays(w, h, pixel)
-        s = sample_surface(tables, fid, origins, dirs, smooth_normals)
+        s = sample_surface(tables, fid, origins, dirs, smooth_normals, albedo)
         # flat views into this view's slices: [H * W] or [H * W, 3]
         flat = {name: arr[k].reshape(h * w, -1) if arr.ndim == 4 else arr[k].reshape(-1)
                 for name, arr in out.items()}

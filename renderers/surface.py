@@ -13,6 +13,12 @@ import numpy as np
 
 from .mesh import Mesh, face_normals
 
+#: How the unlit albedo combines a part's colour sources (CONVENTIONS.md, "Colours"):
+#: multiplied: glTF's material model, base colour factor x texture x vertex colour x face colour;
+#: reference: the first source present, texture > vertex colour > face colour > base colour,
+#: alone (what RefAny3D's reference renderer shows, so its conditions see the same colours).
+ALBEDO_MODES = ("multiplied", "reference")
+
 
 @dataclass
 class SurfaceSample:
@@ -59,9 +65,10 @@ class MeshTables:
 
 
 def sample_surface(tables: MeshTables, face_id: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
-                   smooth_normals: bool = True) -> SurfaceSample:
+                   smooth_normals: bool = True, albedo: str = "multiplied") -> SurfaceSample:
     """face_id: int [H, W] (-1 = background); origins, dirs: float [P, 3] rays of the
-    foreground pixels in row-major order (see :meth:`Camera.rays`)."""
+    foreground pixels in row-major order (see :meth:`Camera.rays`); albedo: one of
+    :data:`ALBEDO_MODES`."""
     pixel = np.flatnonzero(face_id.reshape(-1) >= 0)
     face = face_id.reshape(-1).take(pixel).astype(np.int64)
     fn = np.take(tables.face_normals, face, axis=0)
@@ -94,8 +101,8 @@ def sample_surface(tables: MeshTables, face_id: np.ndarray, origins: np.ndarray,
         vn[bad] = fn[bad]
         normal = vn
     normal = normal * np.where(nd > 0, np.float32(-1.0), np.float32(1.0))[:, None]   # seen from behind: flip
-    albedo = _albedo(tables, face, corners, bary)
-    return SurfaceSample(pixel, face, point, normal, albedo)
+    color = _albedo(tables, face, corners, bary, albedo == "reference")
+    return SurfaceSample(pixel, face, point, normal, color)
 
 
 def interpolate(bary: np.ndarray, values: np.ndarray, corners: np.ndarray) -> np.ndarray:
@@ -106,7 +113,8 @@ def interpolate(bary: np.ndarray, values: np.ndarray, corners: np.ndarray) -> np
     return out
 
 
-def _albedo(tables: MeshTables, face: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+def _albedo(tables: MeshTables, face: np.ndarray, corners: np.ndarray, bary: np.ndarray,
+            reference: bool = False) -> np.ndarray:
     out = np.empty((len(face), 3), np.float32)
     if len(tables.mesh.parts) == 1:
         selections = [slice(None)]
@@ -119,14 +127,20 @@ def _albedo(tables: MeshTables, face: np.ndarray, corners: np.ndarray, bary: np.
         vertex_base += len(part.vertices)
         if not len(local):
             continue
+        sources = []          # each [P_k, 3] or [3]; multiplied in order, or the first alone
+        if part.texture is not None and part.uv is not None:
+            sources.append(sample_texture(part.texture, interpolate(b, part.uv, local)))
+        if part.vertex_colors is not None:
+            sources.append(interpolate(b, part.vertex_colors[:, :3], local))
+        if part.face_colors is not None:
+            sources.append(part.face_colors[face[sel] - tables.offsets[k], :3])
+        if reference:
+            out[sel] = sources[0] if sources else part.base_color[:3]
+            continue
         color = np.empty((len(local), 3), np.float32)
         color[:] = part.base_color[:3]
-        if part.texture is not None and part.uv is not None:
-            color *= sample_texture(part.texture, interpolate(b, part.uv, local))
-        if part.vertex_colors is not None:
-            color *= interpolate(b, part.vertex_colors[:, :3], local)
-        if part.face_colors is not None:
-            color *= part.face_colors[face[sel] - tables.offsets[k], :3]
+        for source in sources:
+            color *= source
         out[sel] = color
     return np.clip(out, 0.0, 1.0, out=out)
 

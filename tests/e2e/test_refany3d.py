@@ -223,3 +223,45 @@ def test_views_that_do_not_match(server, models):
     wf["4"]["inputs"].update(rgb_views=["20", 0], point_views=["21", 0])
     h = server.run(wf)
     assert h["status"]["status_str"] == "error" and "views" in error_message(h), error_message(h)
+
+
+def test_batch_gives_a_point_cloud_and_a_ply_per_image(server, models):
+    wf = workflow(seed=17, batch=2)
+    wf["7"]["inputs"]["filename_prefix"] = "refany3d/batch_cloud"
+    wf["21"] = {"class_type": "MaskToImage", "inputs": {"mask": ["4", 4]}}
+    wf["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "refany3d/batch_fg"}}
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "success", error_message(h)
+    files = server.output_files(h)
+    plys = sorted(p for p in files if os.path.basename(p).startswith("batch_cloud_") and p.endswith(".ply"))
+    masks = sorted(p for p in files if os.path.basename(p).startswith("batch_fg_"))
+    assert len(plys) == 2 and len(masks) == 2
+    for ply, mask in zip(plys, masks):
+        cloud = trimesh.load(ply)
+        fg = np.asarray(Image.open(mask).convert("L")) > 127
+        assert len(cloud.vertices) == fg.sum() > 0                 # stride 1: one point per foreground pixel
+
+
+def test_prerendered_views_decode_with_their_renders_bounds(server, models):
+    """Views from Render Views, given with their render bundle: the point cloud lies within the
+    sample mesh's own bounding box (not the [-1, 1] cube)."""
+    from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE
+    from realiz3d.renderers import load_mesh
+    wf = workflow(seed=18)
+    del wf["4"]["inputs"]["mesh"]
+    wf["20"] = {"class_type": "Realiz3DCameraRig", "inputs": {
+        "preset": "refany3d", "num_views": 2, "elevation": 0.0, "radius": 4.0, "fov": 45.0, "start_azimuth": 0.0,
+        "projection": "perspective", "ortho_height": 2.4, "poses_json": "[]"}}
+    wf["21"] = {"class_type": "Realiz3DRenderViews", "inputs": {
+        "mesh": ["1", 0], "cameras": ["20", 0], "width": 64, "height": 64, "rgb": "unlit albedo", "ambient": 0.3,
+        "normal_frame": "world", "smooth_normals": True, "background": 1.0, "backend": "auto",
+        "albedo": "reference"}}
+    wf["4"]["inputs"]["render"] = ["21", 5]
+    wf["7"]["inputs"]["filename_prefix"] = "refany3d/prerendered"
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "success", error_message(h)
+    ply = [p for p in server.output_files(h) if os.path.basename(p).startswith("prerendered_")]
+    assert len(ply) == 1
+    lo, hi = load_mesh(BUNDLED_FILES[BUNDLED_SAMPLE]).asset_bounds
+    xyz = np.asarray(trimesh.load(ply[0]).vertices)
+    assert len(xyz) and np.all(xyz >= lo - 1e-4) and np.all(xyz <= hi + 1e-4)

@@ -62,3 +62,54 @@ def test_point_map_normalisation(backend):
     assert np.all(b.points_normalized[0][~m] == 1.0)
     # the +Z side is at z = max: blue channel 1 everywhere on it
     np.testing.assert_allclose(b.points_normalized[0][m][:, 2], 1.0, atol=1e-6)
+
+
+def textured_glb(path, rgb=(200, 100, 50), factor=(0.5, 0.5, 0.5, 1.0)):
+    """A box file with a flat-coloured texture and a glTF baseColorFactor."""
+    import trimesh
+    from PIL import Image
+    from realiz3d.renderers.sample_mesh import box_arrays
+    v, f, uv, _ = box_arrays(np.array([0.5, 0.5, 0.5]))
+    image = Image.fromarray(np.tile(np.array([*rgb, 255], np.uint8), (8, 8, 1)))
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, baseColorFactor=list(factor))
+    trimesh.Trimesh(v, f, visual=trimesh.visual.TextureVisuals(uv=uv, material=material), process=False).export(path)
+    return path
+
+
+def test_albedo_modes_reference_and_multiplied(tmp_path):
+    """reference: a textured part shows its texture alone (the base colour factor is ignored), as
+    RefAny3D's renderer and conditions do; multiplied: factor x texture, as glTF defines it."""
+    from realiz3d.refany3d.conditions import render_conditions
+    from realiz3d.renderers import load_mesh, normalize
+    mesh = normalize(load_mesh(textured_glb(str(tmp_path / "tex.glb"))))
+    assert mesh.parts[0].base_color[:3] == pytest.approx([0.5] * 3, abs=0.01)
+    texture = np.array([200, 100, 50]) / 255.0
+    cams = [Camera(look_at((0, 0, 4)))]
+    ref = render_views(mesh, cams, 32, 32, lit=False, albedo="reference")
+    mult = render_views(mesh, cams, 32, 32, lit=False, albedo="multiplied")
+    np.testing.assert_allclose(ref.albedo[0][ref.mask[0]], np.broadcast_to(texture, (ref.mask.sum(), 3)), atol=1e-5)
+    np.testing.assert_allclose(mult.albedo[0][mult.mask[0]], np.broadcast_to(texture * mesh.parts[0].base_color[:3],
+                                                                             (mult.mask.sum(), 3)), atol=1e-5)
+    assert render_views(mesh, cams, 32, 32, lit=False).albedo.tobytes() == mult.albedo.tobytes()   # the default
+    rgb, pts, _ = render_conditions(mesh, n_views=1, size=32)             # RefAny3D's conditions: reference
+    fg = (pts[0].numpy() < 1).any(-1)
+    assert fg.sum() > 100
+    np.testing.assert_allclose(rgb[0].numpy()[fg], np.broadcast_to(texture, (fg.sum(), 3)), atol=1e-5)
+
+
+def test_reference_albedo_uses_vertex_then_base_colour():
+    """Without a texture the reference albedo is the vertex colour alone, else the base colour."""
+    from dataclasses import replace
+    box = colored_box()
+    part = box.parts[0]
+    grey = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
+    vc = np.tile(np.array([[0.2, 0.9, 0.4, 1.0]], np.float32), (len(part.vertices), 1))
+    cams = [Camera(look_at((0, 0, 4)))]
+    colored = replace(box, parts=[replace(part, face_colors=None, vertex_colors=vc, base_color=grey)])
+    ref = render_views(colored, cams, 16, 16, lit=False, albedo="reference").albedo[0, 8, 8]
+    mult = render_views(colored, cams, 16, 16, lit=False, albedo="multiplied").albedo[0, 8, 8]
+    np.testing.assert_allclose(ref, [0.2, 0.9, 0.4], atol=1e-6)
+    np.testing.assert_allclose(mult, [0.1, 0.45, 0.2], atol=1e-6)
+    plain = replace(box, parts=[replace(part, face_colors=None, base_color=grey)])
+    np.testing.assert_allclose(render_views(plain, cams, 16, 16, lit=False, albedo="reference").albedo[0, 8, 8],
+                               [0.5] * 3, atol=1e-6)

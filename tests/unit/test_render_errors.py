@@ -11,6 +11,7 @@ from meshes import colored_box
     (dict(height=5000), "height"),
     (dict(backend="vulkan"), "backend"),
     (dict(ambient=2.0), "ambient"),
+    (dict(albedo="texture"), "albedo"),
     (dict(cameras=[Camera(look_at((0.1, 0.1, 0.1), (1, 0, 0)))]), "cameras"),   # inside the box
 ])
 def test_render_rejects(kwargs, name):
