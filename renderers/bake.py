@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -194,11 +196,58 @@ def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings:
 #: an artist trying prompts and seeds) skips the unwrap and the UV rasterisation
 _ATLAS_CACHE: "OrderedDict[str, tuple]" = OrderedDict()
 ATLAS_CACHE_SIZE = 2
+#: default bound of that cache in megabytes: a texel map takes 16 bytes per texel (268 MB at
+#: 4096 px, 67 MB at 2048 px), so this keeps one 4096 px entry or a couple of smaller ones
+DEFAULT_BAKE_CACHE_MB = 512.0
+
+
+def _limit_from_env() -> int:
+    raw = os.environ.get("REALIZ3D_BAKE_CACHE_MB", "")
+    try:
+        mb = float(raw) if raw.strip() else DEFAULT_BAKE_CACHE_MB
+        if not mb >= 0 or math.isinf(mb):
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"REALIZ3D_BAKE_CACHE_MB={raw!r} is not a number of megabytes >= 0; using "
+                      f"{DEFAULT_BAKE_CACHE_MB:g}.")
+        mb = DEFAULT_BAKE_CACHE_MB
+    return int(mb * 2 ** 20)
+
+
+#: bytes the cached atlases and texel maps may hold (REALIZ3D_BAKE_CACHE_MB, or
+#: :func:`set_bake_cache_limit`); least recently baked meshes are evicted beyond it; 0: no cache
+ATLAS_CACHE_BYTES = _limit_from_env()
+
+
+def set_bake_cache_limit(mb: float) -> None:
+    """Bound the atlas/texel-map cache to ``mb`` megabytes (0 disables it); evicts at once."""
+    global ATLAS_CACHE_BYTES
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0 or math.isinf(mb):
+        raise InputError("bake_cache_mb", f"must be a number of megabytes >= 0 (0 disables the cache; got {mb!r}).")
+    ATLAS_CACHE_BYTES = int(mb * 2 ** 20)
+    _evict()
+
+
+def cache_entry_bytes(entry: tuple) -> int:
+    """Memory held by one cached (atlas, texel map) pair."""
+    atlas, texels = entry
+    return sum(a.nbytes for a in (atlas.vertices, atlas.faces, atlas.uv, atlas.source_vertex, texels.face,
+                                  texels.bary))
+
+
+def bake_cache_bytes() -> int:
+    """Memory the atlas cache holds now."""
+    return sum(cache_entry_bytes(e) for e in _ATLAS_CACHE.values())
+
+
+def _evict() -> None:
+    while _ATLAS_CACHE and (len(_ATLAS_CACHE) > ATLAS_CACHE_SIZE or bake_cache_bytes() > ATLAS_CACHE_BYTES):
+        _ATLAS_CACHE.popitem(last=False)
 
 
 def atlas_and_texels(mesh: Mesh, uv, s: BakeSettings, poll=None):
     """The mesh's atlas and its texel map at the settings' size, from the cache when the same
-    geometry, UVs and settings were baked recently."""
+    geometry, UVs and settings were baked recently (and the cache's byte bound kept them)."""
     h = hashlib.sha1()
     for a in (mesh.vertices, mesh.faces, uv):
         h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
@@ -209,9 +258,9 @@ def atlas_and_texels(mesh: Mesh, uv, s: BakeSettings, poll=None):
         return _ATLAS_CACHE[key]
     atlas = make_atlas(mesh.vertices, mesh.faces, uv, s.uv_mode, int(s.texture_size), s.padding, poll)
     entry = (atlas, rasterize(atlas.uv, atlas.faces, int(s.texture_size)))
-    _ATLAS_CACHE[key] = entry
-    while len(_ATLAS_CACHE) > ATLAS_CACHE_SIZE:
-        _ATLAS_CACHE.popitem(last=False)
+    if cache_entry_bytes(entry) <= ATLAS_CACHE_BYTES:       # larger than the whole bound: not kept
+        _ATLAS_CACHE[key] = entry
+        _evict()
     return entry
 
 

@@ -138,35 +138,52 @@ class _XatlasFailed(RuntimeError):
 
 
 def _xatlas(vertices, faces, texture_size, padding, timeout, poll):
-    import subprocess
     import sys
     import tempfile
-    import time
 
     with tempfile.TemporaryDirectory(prefix="realiz3d_uv_") as tmp:
         src, dst = os.path.join(tmp, "mesh.npz"), os.path.join(tmp, "atlas.npz")
         np.savez(src, v=np.ascontiguousarray(vertices, np.float32), f=np.ascontiguousarray(faces, np.uint32))
-        proc = subprocess.Popen([sys.executable, "-c", _XATLAS_CHILD, src, dst, str(int(texture_size)),
-                                 str(int(padding))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        start = time.monotonic()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - start > timeout:
-                    raise _XatlasFailed(f"no result within {timeout:.0f} s")
-                if poll is not None:
-                    poll()
-                time.sleep(0.02)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-        proc.stderr.close()
-        if proc.returncode != 0:
-            what = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        code, err = run_child([sys.executable, "-c", _XATLAS_CHILD, src, dst, str(int(texture_size)),
+                               str(int(padding))], timeout, poll, tmp)
+        if code != 0:
+            what = f"signal {-code}" if code < 0 else f"exit code {code}"
             raise _XatlasFailed(f"{what}{': ' + err[-1] if err else ''}")
         d = np.load(dst)
         return d["vmapping"].astype(np.int64), d["indices"].astype(np.int64), d["uvs"].astype(np.float32)
+
+
+#: the end of a child's stderr kept for its error message
+STDERR_TAIL = 8192
+
+
+def run_child(args: list, timeout: float, poll: Optional[Callable[[], None]], tmp: str) -> tuple:
+    """Run ``args`` to completion: (exit code, the last lines of its stderr). stdout is discarded
+    and stderr goes to a file in ``tmp`` (never a pipe, so a child that writes more than a pipe
+    holds is never blocked). Over ``timeout`` seconds the child is killed and _XatlasFailed
+    raised; ``poll`` is called about every 0.02 s and may raise to cancel (the child is killed)."""
+    import subprocess
+    import time
+
+    err_path = os.path.join(tmp, "stderr.txt")
+    with open(err_path, "wb") as err_file:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err_file)
+    start = time.monotonic()
+    try:
+        while proc.poll() is None:
+            if time.monotonic() - start > timeout:
+                raise _XatlasFailed(f"no result within {timeout:.0f} s")
+            if poll is not None:
+                poll()
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with open(err_path, "rb") as f:
+        f.seek(max(0, os.path.getsize(err_path) - STDERR_TAIL))
+        err = f.read().decode(errors="replace").strip().splitlines()
+    return proc.returncode, err
 
 
 def grid_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int) -> Atlas:

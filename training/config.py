@@ -98,6 +98,7 @@ class TrainSection:
     guidance: float = 1.0             # guidance-embedding value of text and targets (conditions: 1.0)
     latents: str = "sample"           # VAE posterior: sample (seeded per step) | mean
     cache_latents: bool = True        # keep each sample's latent distribution after its first encoding
+    latent_cache_mb: int = 4096       # bound of those kept latents (CPU RAM, MB); least recently used evicted; 0: none
     text_cache_size: int = 256        # captions whose T5/CLIP embeddings are kept
     max_sequence_length: int = 512    # T5 tokens
     log_every: int = 10
@@ -348,6 +349,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.logit_std > 0, "train.logit_std", f"must be positive (got {t.logit_std}).")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0 (got {t.guidance}).")
     _one_of(t.latents, LATENT_MODES, "train.latents")
+    _check(t.latent_cache_mb >= 0, "train.latent_cache_mb",
+           f"must be >= 0 megabytes (0 keeps no latent; got {t.latent_cache_mb}).")
     _check(t.text_cache_size >= 1, "train.text_cache_size", f"must be at least 1 (got {t.text_cache_size}).")
     _check(1 <= t.max_sequence_length <= 512, "train.max_sequence_length",
            f"must be from 1 to 512 T5 tokens (got {t.max_sequence_length}).")

@@ -316,8 +316,27 @@ def camera_from_pose(pose, fov_deg: float, convention: str = "opengl"):
     return Camera(m, "perspective", math.radians(fov_deg))
 
 
+def inside_folder(folder: str, reference: str, key: str, meta_path: str, what: str) -> str:
+    """The real path of ``reference`` (a path written in a dataset's file ``meta_path``), which
+    must lie inside ``folder``: absolute paths, ``..`` and symlinks leading out of the dataset
+    folder are refused with an InputError naming ``key`` and the file (a dataset must not make
+    the trainer read files elsewhere on the machine)."""
+    root = os.path.realpath(folder)
+    target = os.path.realpath(os.path.join(root, reference))   # an absolute reference replaces root
+    try:
+        contained = os.path.commonpath([root, target]) == root
+    except ValueError:                                          # different drives (Windows)
+        contained = False
+    if os.path.isabs(reference) or not contained:
+        raise InputError(key, f"{meta_path}: its {what} '{reference}' resolves to '{target}', outside the dataset "
+                              f"folder '{root}'. The {what} must lie inside the dataset folder: give a path "
+                              "relative to it (no absolute path, no '..' or symlink leading out of it).")
+    return target
+
+
 class TripletFolder(Dataset):
-    """RefAny3D triplets: NAME.png (target image) + NAME.json ({"mesh": relative path, "pose",
+    """RefAny3D triplets: NAME.png (target image) + NAME.json ({"mesh": path relative to the
+    folder and inside it (others are refused, see :func:`inside_folder`), "pose",
     "fov", "caption", optional "frame": asset | normalized, "convention": opengl | opencv}).
     The target point map is rendered from the mesh at the pose (at the image's own size, then
     cropped like the image); the condition views with refany3d.conditions.render_conditions."""
@@ -347,7 +366,7 @@ class TripletFolder(Dataset):
         if not isinstance(meta, dict) or not isinstance(meta.get("mesh"), str) or "pose" not in meta:
             raise BadSample(meta_path, 'needs {"mesh": "relative/path.glb", "pose": 4x4 or {eye, target, up}, '
                                        '"fov": degrees, "caption": text}')
-        mesh_path = os.path.normpath(os.path.join(self.folder, meta["mesh"]))
+        mesh_path = inside_folder(self.folder, meta["mesh"], self.key, meta_path, "mesh")
         if not os.path.isfile(mesh_path):
             raise BadSample(meta_path, f"its mesh '{meta['mesh']}' does not exist")
         if meta.get("frame", "asset") not in ("asset", "normalized"):

@@ -1,5 +1,6 @@
 """Frozen encoders during training: text embeddings once per caption, VAE latent distributions
-once per sample, both kept on the CPU.
+once per sample, both kept on the CPU in bounded LRU caches (``train.text_cache_size``
+captions, ``train.latent_cache_mb`` megabytes of latents).
 
 A latent is drawn from the cached posterior N(mean, std) with the step's own generator
 (``train.latents: sample``) or taken as its mean, so caching changes nothing in what is
@@ -46,12 +47,25 @@ class TextCache:
 
 class LatentCache:
     """Packed VAE posterior (mean, std), each [N, T, 64] in latent-token units (shift and scale
-    applied), per sample key; ``enabled=False`` encodes every time."""
+    applied), per sample key; ``enabled=False`` encodes every time.
 
-    def __init__(self, pipe, device, enabled: bool = True):
+    Least recently used entries are evicted so that the entries kept never hold more than
+    ``max_bytes`` (``train.latent_cache_mb``); an entry larger than the bound is not kept, and 0
+    keeps nothing. An evicted sample is encoded again when it is drawn next (the same posterior,
+    so the same latents for the same generator).
+    """
+
+    def __init__(self, pipe, device, enabled: bool = True, max_bytes: Optional[int] = None):
         self.pipe, self.device, self.enabled = pipe, device, enabled
-        self.store: dict = {}
+        self.max_bytes = max_bytes            # None: no bound
+        self.store: OrderedDict = OrderedDict()
+        self.bytes = 0                        # what the kept entries hold
         self.encoded = 0
+
+    @staticmethod
+    def entry_bytes(entry) -> int:
+        mean, std, _ = entry
+        return mean.numel() * mean.element_size() + std.numel() * std.element_size()
 
     @torch.no_grad()
     def _encode(self, images: torch.Tensor):
@@ -71,9 +85,19 @@ class LatentCache:
         """(mean, std) [N, T, 64] float32 on the CPU, and the latent grid (h, w)."""
         if not self.enabled:
             return self._encode(images)
-        if key not in self.store:
-            self.store[key] = self._encode(images)
-        return self.store[key]
+        if key in self.store:
+            self.store.move_to_end(key)
+            return self.store[key]
+        entry = self._encode(images)
+        size = self.entry_bytes(entry)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return entry                      # larger than the whole cache: never kept
+        self.store[key] = entry
+        self.bytes += size
+        while self.max_bytes is not None and self.bytes > self.max_bytes:
+            _, old = self.store.popitem(last=False)
+            self.bytes -= self.entry_bytes(old)
+        return entry
 
     def ids(self, h: int, w: int, dtype) -> torch.Tensor:
         """Position ids [T, 3] of a latent grid (h, w) (before 2x2 packing)."""

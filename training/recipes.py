@@ -79,7 +79,8 @@ class Recipe(ABC):
         self.has_guidance = bool(tr.config.guidance_embeds)
         self.num_blocks = len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
         self.text = TextCache(pipe, self.device, cfg.train.max_sequence_length, cfg.train.text_cache_size)
-        self.latents = LatentCache(pipe, self.device, cfg.train.cache_latents)
+        self.latents = LatentCache(pipe, self.device, cfg.train.cache_latents,
+                                   int(cfg.train.latent_cache_mb * 2 ** 20))
         self._requires_grad = [p.requires_grad for p in tr.parameters()]
         self._lora_names: list[str] = []
         tr.requires_grad_(False)

@@ -236,3 +236,88 @@ def test_a_second_bake_of_the_same_mesh_reuses_its_atlas(sample, rig, renders, m
     second = bake_texture(sample, renders.albedo[::-1].copy(), rig[::-1], settings)
     assert calls == [] and np.array_equal(first.mesh.parts[0].uv, second.mesh.parts[0].uv)
     assert np.abs(first.texture.astype(int) - second.texture.astype(int)).max() <= 1
+
+
+def test_a_chatty_xatlas_child_never_blocks(monkeypatch):
+    """The child's stderr goes to a file, not a pipe read after exit: 200 KB of output (over a
+    pipe's 64 KB) neither blocks it until the timeout nor loses the message of a failure."""
+    import time
+
+    import realiz3d.renderers.uv as uvmod
+    v, f, _, _ = box_arrays()
+    chatty = "import sys\nfor _ in range(200):\n    sys.stderr.write('x' * 1000 + '\\n')\nsys.stderr.flush()\n"
+    monkeypatch.setattr(uvmod, "_XATLAS_CHILD", chatty + uvmod._XATLAS_CHILD)
+    t0 = time.monotonic()
+    atlas = uvmod.unwrap(v, f, 256, 4, "test", timeout=30.0)
+    assert time.monotonic() - t0 < 15.0
+    assert atlas.unwrapped and atlas.note.startswith("UVs unwrapped with xatlas"), atlas.note
+
+    monkeypatch.setattr(uvmod, "_XATLAS_CHILD", chatty + "sys.stderr.write('the last words\\n')\nsys.exit(3)\n")
+    t0 = time.monotonic()
+    atlas = uvmod.unwrap(v, f, 256, 4, "test", timeout=30.0)
+    assert time.monotonic() - t0 < 15.0
+    assert "exit code 3: the last words" in atlas.note, atlas.note
+
+
+def test_the_atlas_cache_is_bounded_by_bytes(sample, rig, renders, monkeypatch):
+    """A 4096 px texel map (268 MB) is not kept under a smaller bound; beyond the bound the least
+    recently baked mesh is evicted; 0 disables the cache; a larger bound keeps the warm path."""
+    from collections import OrderedDict
+
+    import realiz3d.renderers.bake as bakemod
+    monkeypatch.setattr(bakemod, "_ATLAS_CACHE", OrderedDict())
+    monkeypatch.setattr(bakemod, "ATLAS_CACHE_BYTES", bakemod.ATLAS_CACHE_BYTES)
+    made = []
+    real_make_atlas = bakemod.make_atlas
+    monkeypatch.setattr(bakemod, "make_atlas", lambda *a, **k: made.append(a[4]) or real_make_atlas(*a, **k))
+    _, _, uv, _ = box_arrays()
+    box = box_mesh(uv)
+
+    bakemod.set_bake_cache_limit(200)                              # MB: less than one 4096 px map
+    for _ in range(2):
+        entry = bakemod.atlas_and_texels(box, uv, BakeSettings(texture_size=4096))
+        assert bakemod.cache_entry_bytes(entry) > 200 * 2 ** 20
+        assert len(bakemod._ATLAS_CACHE) == 0 and bakemod.bake_cache_bytes() == 0
+    del entry
+    assert made == [4096, 4096]                                    # nothing retained: made twice
+
+    one = 128 * 128 * 16                                           # a 128 px texel map: 16 bytes a texel
+    bakemod.set_bake_cache_limit(1.5 * one / 2 ** 20 + 0.01)       # room for one 128 px entry, not two
+    settings = BakeSettings(texture_size=128)
+    made.clear()
+    bakemod.atlas_and_texels(box, uv, settings)
+    bakemod.atlas_and_texels(sample, sample.parts[0].uv, settings)
+    assert len(bakemod._ATLAS_CACHE) == 1 and bakemod.bake_cache_bytes() <= bakemod.ATLAS_CACHE_BYTES
+    bakemod.atlas_and_texels(sample, sample.parts[0].uv, settings)  # the newest is kept ...
+    bakemod.atlas_and_texels(box, uv, settings)                     # ... the older one was evicted
+    assert made == [128, 128, 128]
+
+    bakemod.set_bake_cache_limit(64)                               # a larger bound: the warm path works
+    made.clear()
+    first = bake_texture(sample, renders.albedo, rig, settings)
+    made.clear()
+    second = bake_texture(sample, renders.albedo[::-1].copy(), rig[::-1], settings)
+    assert made == [] and np.array_equal(first.mesh.parts[0].uv, second.mesh.parts[0].uv)
+    assert bakemod.bake_cache_bytes() <= 64 * 2 ** 20
+
+    bakemod.set_bake_cache_limit(0)                                # 0 disables (and evicts at once)
+    assert len(bakemod._ATLAS_CACHE) == 0
+    bakemod.atlas_and_texels(box, uv, settings)
+    bakemod.atlas_and_texels(box, uv, settings)
+    assert made == [128, 128] and len(bakemod._ATLAS_CACHE) == 0
+    with pytest.raises(InputError) as e:
+        bakemod.set_bake_cache_limit(-1)
+    assert e.value.input_name == "bake_cache_mb"
+
+
+def test_the_bake_cache_bound_is_read_from_the_environment(monkeypatch):
+    import realiz3d.renderers.bake as bakemod
+    monkeypatch.delenv("REALIZ3D_BAKE_CACHE_MB", raising=False)
+    assert bakemod._limit_from_env() == int(bakemod.DEFAULT_BAKE_CACHE_MB * 2 ** 20)
+    monkeypatch.setenv("REALIZ3D_BAKE_CACHE_MB", "32")
+    assert bakemod._limit_from_env() == 32 * 2 ** 20
+    monkeypatch.setenv("REALIZ3D_BAKE_CACHE_MB", "0")
+    assert bakemod._limit_from_env() == 0
+    monkeypatch.setenv("REALIZ3D_BAKE_CACHE_MB", "lots")
+    with pytest.warns(UserWarning, match="REALIZ3D_BAKE_CACHE_MB"):
+        assert bakemod._limit_from_env() == int(bakemod.DEFAULT_BAKE_CACHE_MB * 2 ** 20)

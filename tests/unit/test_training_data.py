@@ -170,3 +170,27 @@ def test_sample_order_depends_on_seed_and_step_only():
     assert all(s == "synthetic" for s, _ in only.next(20))
     with pytest.raises(InputError):
         c.load_state_dict({**state, "sizes": {"real": 6, "synthetic": 7}})
+
+
+def test_triplet_meshes_must_lie_inside_the_dataset_folder(tmp_path):
+    folder = tmp_path / "tri"
+    write_box(str(folder / "meshes" / "box.glb"))
+    write_box(str(tmp_path / "secret.glb"))                       # a real mesh outside the dataset folder
+    rng = np.random.default_rng(0)
+    save_png(blob_image(rng, SIZE), folder / "ok.png")
+    (folder / "ok.json").write_text(json.dumps({"mesh": "meshes/box.glb", "pose": {"eye": [3.0, 1.5, 2.0]}}))
+    ds = TripletFolder(str(folder), "data.refany3d", SIZE, 2, SIZE, "raycast")
+    assert len(ds) == 1 and ds.items[0][3] == os.path.realpath(folder / "meshes" / "box.glb")
+    assert ds.load(0).point_map.shape == (SIZE, SIZE, 3)          # a mesh inside still works
+
+    bad = folder / "bad.png"
+    bad.write_bytes((folder / "ok.png").read_bytes())
+    os.symlink(tmp_path / "secret.glb", folder / "meshes" / "link.glb")
+    for ref in (str(tmp_path / "secret.glb"), "../secret.glb", "meshes/../../secret.glb", "meshes/link.glb"):
+        (folder / "bad.json").write_text(json.dumps({"mesh": ref, "pose": {"eye": [3.0, 1.5, 2.0]}}))
+        for policy in ("stop", "skip"):                       # refused even when bad samples are skipped
+            with pytest.raises(InputError) as e:
+                TripletFolder(str(folder), "data.refany3d", SIZE, 2, SIZE, "raycast", on_bad=policy)
+            msg = str(e.value)
+            assert e.value.input_name == "data.refany3d", ref
+            assert "bad.json" in msg and ref in msg and "must lie inside the dataset folder" in msg, msg

@@ -280,3 +280,43 @@ def test_refany3d_can_start_from_published_weights(tmp_path):
         make_recipe(load_config(base_config(tmp_path, "refany3d", refany3d={"init_from": published},
                                             lora={"rank": 8})), tiny_pipe(), "cpu")
     assert e.value.input_name == "refany3d.init_from" and "lora.rank" in str(e.value)
+
+
+def test_latent_cache_is_bounded_and_evicted_latents_are_the_same(tmp_path):
+    from realiz3d.training.encode import LatentCache
+
+    pipe = tiny_pipe()
+    images = [real_sample(k).image[None] for k in range(4)]
+    probe = LatentCache(pipe, "cpu")
+    first = [probe.dist(f"s{k}", im) for k, im in enumerate(images)]
+    one = LatentCache.entry_bytes(first[0])
+    assert one > 0 and probe.bytes == 4 * one                     # unbounded: all four kept
+
+    cache = LatentCache(pipe, "cpu", max_bytes=int(2.5 * one))     # room for two entries
+    for rnd in range(2):
+        for k, im in enumerate(images):
+            mean, std, hw = cache.dist(f"s{k}", im)
+            assert torch.equal(mean, first[k][0]) and torch.equal(std, first[k][1]) and hw == first[k][2]
+            assert cache.bytes <= cache.max_bytes and len(cache.store) <= 2
+            assert cache.bytes == sum(LatentCache.entry_bytes(e) for e in cache.store.values())
+    assert cache.encoded == 8                                     # cycling 4 keys through 2 slots: all recomputed
+    assert list(cache.store) == ["s2", "s3"]
+    cache.dist("s2", images[2])                                   # a hit: no encoding, s2 becomes most recent
+    cache.dist("s0", images[0])                                   # evicts s3, the least recently used
+    assert cache.encoded == 9 and list(cache.store) == ["s2", "s0"]
+
+    none = LatentCache(pipe, "cpu", max_bytes=0)                  # 0 keeps nothing
+    none.dist("s0", images[0]), none.dist("s0", images[0])
+    assert none.encoded == 2 and not none.store and none.bytes == 0
+
+
+def test_latent_cache_bound_comes_from_the_config(tmp_path):
+    cfg = load_config(base_config(tmp_path, "stage2", stage2={"shifters": stage1_shifters()},
+                                  train={"latent_cache_mb": 3}))
+    recipe = make_recipe(cfg, tiny_pipe(), "cpu")
+    assert recipe.latents.max_bytes == 3 * 2 ** 20
+    recipe.release()
+    assert load_config(base_config(tmp_path, "stage1")).train.latent_cache_mb == 4096
+    with pytest.raises(InputError) as e:
+        load_config(base_config(tmp_path, "stage1", train={"latent_cache_mb": -1}))
+    assert e.value.input_name == "train.latent_cache_mb"
