@@ -8,6 +8,7 @@ W_right starts at zero in both, so an untrained shifter is the identity.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -131,12 +132,39 @@ def load_shifters(path: str, input_name: str = "shifter") -> DomainShifters:
                                      ".safetensors file.") from exc
     if meta.get("format") != "realiz3d-domain-shifters":
         raise InputError(input_name, f"'{name}' is not a Realiz3D domain-shifter file (no shifter metadata).")
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise InputError(input_name, f"'{name}' has an unreadable format version "
+                                     f"({meta.get('format_version')!r}); the file is damaged. Save the shifters "
+                                     "again (Train Domain Shifter writes them).") from None
+    if version > FORMAT_VERSION:
         raise InputError(input_name, f"'{name}' has format version {meta['format_version']}; this pack reads "
                                      f"up to {FORMAT_VERSION}. Update the pack.")
-    raw = json.loads(meta["config"])
-    cfg = ShifterConfig(**{**raw, "domains": tuple(raw["domains"])})
-    shifters = DomainShifters(cfg)
+    fields = sorted(f.name for f in dataclasses.fields(ShifterConfig))
+    try:
+        raw = json.loads(meta["config"])
+    except KeyError:
+        raise InputError(input_name, f"'{name}' has no shifter config in its metadata; the file is damaged. Save "
+                                     "the shifters again (Train Domain Shifter writes them).") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(input_name, f"'{name}': its shifter config metadata is not valid JSON ({exc}); the file "
+                                     "is damaged. Save the shifters again (Train Domain Shifter writes them).") from None
+    if not isinstance(raw, dict):
+        raise InputError(input_name, f"'{name}': its shifter config metadata is a {type(raw).__name__}, not a "
+                                     f"JSON object with the keys {fields}. Save the shifters again.")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise InputError(input_name, f"'{name}': its shifter config has keys this pack does not know ({unknown}; "
+                                     f"known: {fields}); it was written by another version of Realiz3D or edited. "
+                                     "Update the pack or save the shifters again.")
+    try:
+        cfg = ShifterConfig(**{**raw, "domains": tuple(raw.get("domains", ShifterConfig.domains))})
+        shifters = DomainShifters(cfg)
+    except Exception as exc:
+        raise InputError(input_name, f"'{name}': its shifter config {raw} cannot build shifters "
+                                     f"({type(exc).__name__}: {exc}); it needs {fields} with whole numbers for the "
+                                     "sizes. Save the shifters again.") from exc
     try:
         shifters.load_state_dict(tensors)
     except RuntimeError as exc:

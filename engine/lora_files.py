@@ -97,10 +97,44 @@ def read_lora(path: str, input_name: str) -> LoraState:
     return state
 
 
+def check_lora_pairs(state: dict, file_name: str, input_name: str) -> None:
+    """Every layer has both lora_A and lora_B, as 2-D matrices whose ranks agree (lora_A's rows,
+    lora_B's columns), and the rank the file's metadata gives that layer (``r`` /
+    ``rank_pattern``), if any: a damaged file fails here, naming the layer, instead of as a
+    ``size mismatch`` deep inside peft's ``load_state_dict``."""
+    downs = {k.split(".lora_A.")[0]: v for k, v in state.items() if ".lora_A." in k}
+    ups = {k.split(".lora_B.")[0]: v for k, v in state.items() if ".lora_B." in k}
+    if set(downs) != set(ups):
+        odd = sorted(set(downs) ^ set(ups))[:3]
+        raise InputError(input_name, f"'{file_name}' has layers with only one of lora_A / lora_B (e.g. {odd}); "
+                                     "the file is incomplete. Use a complete LoRA file (re-save or re-download it).")
+    for layer, down in downs.items():
+        up = ups[layer]
+        module_name = layer.removeprefix("transformer.")
+        if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
+            raise InputError(input_name, f"'{file_name}': layer '{module_name}' has lora_A {tuple(down.shape)} and "
+                                         f"lora_B {tuple(up.shape)}, whose ranks disagree; the file is damaged or "
+                                         "not a LoRA. Use an intact LoRA file (re-save or re-download it).")
+    metadata = getattr(state, "metadata", None)
+    if metadata:
+        from peft.utils.other import get_pattern_key
+
+        cfg = {k.removeprefix("transformer."): v for k, v in metadata.items()}
+        rank, pattern = cfg.get("r"), cfg.get("rank_pattern") or {}
+        for layer, down in downs.items():
+            module_name = layer.removeprefix("transformer.")
+            want = pattern.get(get_pattern_key(pattern.keys(), module_name), rank) if pattern else rank
+            if isinstance(want, int) and want != int(down.shape[0]):
+                raise InputError(input_name, f"'{file_name}': layer '{module_name}' has rank {down.shape[0]}, but the "
+                                             f"file's LoRA config metadata says rank {want}; the file is damaged. "
+                                             "Use an intact LoRA file (re-save or re-download it).")
+
+
 def check_lora_fits(transformer: nn.Module, state: dict, path: str, input_name: str) -> None:
     """Every LoRA matrix must match the layer it targets: a LoRA for another model size fails here
     with the sizes named, instead of deep inside peft."""
     name = os.path.basename(path)
+    check_lora_pairs(state, name, input_name)
     for key, tensor in state.items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue

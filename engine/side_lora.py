@@ -49,6 +49,8 @@ class SideLoRAs:
         scale: the factor on ``lora_B @ lora_A``: one number, or per layer {diffusers module
         name (no ``transformer.`` prefix): alpha / rank} as ``read_lora(...).scales`` gives it
         (layers it leaves out: 1.0)."""
+        from .lora_files import check_lora_pairs
+        check_lora_pairs(state, file_name, input_name)     # one check for both paths: pairs, ranks, metadata
         parts: dict[str, list[LoRAPart]] = {}
         downs = {k.split(".lora_A.")[0]: v for k, v in state.items() if ".lora_A." in k}
         ups = {k.split(".lora_B.")[0]: v for k, v in state.items() if ".lora_B." in k}

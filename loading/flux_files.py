@@ -235,6 +235,47 @@ def vae_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+#: the classes a Flux folder's model_index.json may name for each part (tokenizers: slow or fast)
+FOLDER_CLASSES = {
+    "transformer": ("FluxTransformer2DModel",), "vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel",),
+    "text_encoder_2": ("T5EncoderModel",), "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
+    "tokenizer_2": ("T5Tokenizer", "T5TokenizerFast"),
+}
+
+
+def read_model_index(index_path: str, name: str, input_name: str) -> dict:
+    """A diffusers folder's model_index.json, checked to describe a Flux pipeline: readable JSON,
+    a Flux pipeline class (``_class_name`` FluxPipeline or another Flux* pipeline) and the Flux
+    class for every part it lists, so that another model's folder is refused by name rather
+    than loaded as Flux."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(input_name, f"'{name}': its model_index.json is not valid JSON ({exc}); the folder is "
+                                     "damaged. Download the Flux folder again (it needs the model_index.json that "
+                                     "diffusers writes).") from None
+    if not isinstance(index, dict):
+        raise InputError(input_name, f"'{name}': its model_index.json holds a {type(index).__name__}, not the "
+                                     "object diffusers writes; the folder is damaged. Download it again.")
+    pipeline = index.get("_class_name")
+    if pipeline is not None and not (isinstance(pipeline, str) and pipeline.startswith("Flux")):
+        raise InputError(input_name, f"'{name}' is a {pipeline} folder, not a Flux one (model_index.json names "
+                                     f"{pipeline!r}; expected 'FluxPipeline'). Choose a FLUX.1 diffusers folder.")
+    for comp, allowed in FOLDER_CLASSES.items():
+        entry = index.get(comp)
+        if entry is None:
+            continue                     # a missing part is reported with what it should hold
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            raise InputError(input_name, f"'{name}': model_index.json lists {comp} as {entry!r}, not "
+                                         "[library, class]; the folder is damaged. Download it again.")
+        cls = entry[1]
+        if entry[0] is not None and cls not in allowed:
+            raise InputError(input_name, f"'{name}' is not a Flux folder: model_index.json names {cls!r} for "
+                                         f"{comp}, where Flux has {allowed[0]}. Choose a FLUX.1 diffusers folder.")
+    return index
+
+
 def load_pipeline_folder(folder: str, dtype="fp32", device: Device = "cpu", input_name: str = "model") -> FluxComponents:
     """The components of a diffusers Flux folder (``model_index.json``), offline."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -245,8 +286,7 @@ def load_pipeline_folder(folder: str, dtype="fp32", device: Device = "cpu", inpu
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         raise InputError(input_name, f"'{name}' is not a diffusers folder (no model_index.json).")
-    with open(index_path, encoding="utf-8") as f:
-        index = json.load(f)
+    index = read_model_index(index_path, name, input_name)
     for comp, what in FOLDER_COMPONENTS.items():
         entry = index.get(comp)
         sub = os.path.join(folder, comp)

@@ -64,18 +64,25 @@ def progress(total: int):
 def output_file(filename_prefix: str, extension: str, example: str) -> tuple[str, str, str]:
     """(absolute path, file name, subfolder) of the next numbered file for ``filename_prefix``
     under ComfyUI's output folder; InputError('filename_prefix') when the name would leave it
-    (absolute, '..', or a link out of the folder)."""
+    (absolute, '..', or a link out of the folder), holds a NUL or control character (newline,
+    tab, ...), or is too long for the file system (a name part or the whole path)."""
     import os
 
     import folder_paths
 
     from ..renderers.errors import InputError
+    from .paths import check_name_chars, check_name_length
 
     out_dir = folder_paths.get_output_directory()
-    message = (f"'{filename_prefix}' leaves ComfyUI's output folder; use a relative name such as '{example}'.")
+    if filename_prefix:
+        check_name_chars(filename_prefix, "filename_prefix")
+    shown = filename_prefix if len(filename_prefix or "") <= 80 else filename_prefix[:77] + "..."
+    message = (f"'{shown}' leaves ComfyUI's output folder; use a relative name such as '{example}'.")
     parts = (filename_prefix or "").replace("\\", "/").split("/")
     if not filename_prefix or os.path.isabs(filename_prefix) or ".." in parts:
         raise InputError("filename_prefix", message)
+    # '_<counter>_.<ext>' after the name: 5 digits at least, 7 leaves room for a long-used prefix
+    check_name_length(out_dir, filename_prefix, "filename_prefix", reserve=len(f"_{0:07}_.{extension}"))
     try:
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
     except Exception as exc:

@@ -38,7 +38,11 @@ class LoadMesh(io.ComfyNode):
                               tooltip="Optional native MESH (e.g. from a 3D generator). When connected it is "
                                       "used instead of mesh_file (first item of a batch)."),
             ],
-            outputs=[MeshType.Output(display_name="mesh"), io.Mesh.Output(display_name="MESH")],
+            outputs=[MeshType.Output(display_name="mesh"), io.Mesh.Output(display_name="MESH"),
+                     io.String.Output(display_name="notes",
+                                      tooltip="What the loader could not honour, one note a line (e.g. a "
+                                              "missing .mtl or texture: the mesh is then grey); empty when "
+                                              "all went well.")],
         )
 
     @classmethod
@@ -46,14 +50,18 @@ class LoadMesh(io.ComfyNode):
         if mesh is not None:
             result = mesh_from_arrays(mesh.vertices[0].cpu().numpy(), mesh.faces[0].cpu().numpy(),
                                       input_name="mesh")
+        elif mesh_file in BUNDLED_FILES:
+            path = BUNDLED_FILES[mesh_file]
+            result = load_mesh(path, "mesh_file", root=os.path.dirname(path), root_name="the pack's assets folder")
         else:
-            path = _mesh_path(mesh_file)
-            result = load_mesh(path, "mesh_file")
+            # files the mesh refers to (textures, .mtl, .bin) must stay inside the input folder too
+            result = load_mesh(_mesh_path(mesh_file), "mesh_file", root=folder_paths.get_input_directory(),
+                               root_name="ComfyUI's input folder")
         if normalize:
             result = normalize_mesh(result)
         native = Types.MESH(torch.from_numpy(result.vertices).float()[None],
                             torch.from_numpy(result.faces)[None])
-        return io.NodeOutput(result, native)
+        return io.NodeOutput(result, native, "\n".join(result.notes))
 
     @classmethod
     def fingerprint_inputs(cls, normalize, mesh_file, mesh=None):

@@ -32,10 +32,67 @@ def list_files(root: str, extensions: tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
+#: the longest file name and path, in bytes, assumed where the file system does not say
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_name_chars(name: str, input_name: str) -> None:
+    """InputError if ``name`` holds a NUL byte or another control character (newline, tab, ...):
+    no file name should, and NUL cannot reach the operating system at all."""
+    shown = ascii(name) if len(name) <= 80 else ascii(name[:77]) + "..."
+    if "\x00" in name:
+        raise InputError(input_name, f"{shown} contains a NUL byte (\\x00), which a file name cannot hold; "
+                                     "remove it (it often comes from pasted binary text).")
+    bad = sorted({c for c in name if ord(c) < 32 or 127 <= ord(c) < 160})
+    if bad:
+        chars = ", ".join(ascii(c) for c in bad)
+        raise InputError(input_name, f"{shown} contains control characters ({chars}: a newline, tab or similar); "
+                                     "file names should not hold them. Remove them from the name.")
+
+
+def name_limits(folder: str) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the file system of ``folder`` (or of its
+    nearest existing parent), NAME_MAX / PATH_MAX where it does not say."""
+    probe = folder
+    while probe and not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    limits = []
+    for key, default in (("PC_NAME_MAX", NAME_MAX), ("PC_PATH_MAX", PATH_MAX)):
+        try:
+            value = os.pathconf(probe, key)
+        except (OSError, ValueError, AttributeError):
+            value = -1
+        limits.append(min(value, default) if value and value > 0 else default)
+    return limits[0], limits[1]
+
+
+def check_name_length(root: str, name: str, input_name: str, reserve: int = 0) -> None:
+    """InputError if ``name`` (relative to ``root``, '/'-separated) has a part longer than the
+    file system allows, or makes a path too long; ``reserve``: bytes the caller adds to the
+    last part (a counter and an extension)."""
+    longest_name, longest_path = name_limits(root)
+    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    for i, part in enumerate(parts):
+        size = len(os.fsencode(part)) + (reserve if i == len(parts) - 1 else 0)
+        if size > longest_name:
+            what = "the file name" if i == len(parts) - 1 else f"folder name {i + 1}"
+            extra = f" with the {reserve} characters added for the counter and extension" if i == len(parts) - 1 \
+                else ""
+            raise InputError(input_name, f"{what} in '{part[:40]}...' is too long: {size} bytes{extra}, and "
+                                         f"the file system allows {longest_name} per name. Use a shorter name.")
+    size = len(os.fsencode(os.path.join(os.path.realpath(root), *parts))) + reserve + 1
+    if size > longest_path:
+        raise InputError(input_name, f"'{name[:40]}...' makes a path too long: {size} bytes with the output folder, "
+                                     f"counter and extension, and the file system allows {longest_path}. Use fewer "
+                                     "or shorter folder names.")
+
+
 def resolve_inside(root: str, name: str, input_name: str, folder: str = "ComfyUI's input folder") -> str:
     """Absolute path of ``name`` under ``root``; InputError if it is absolute, climbs out with
-    '..', or is (or passes through) a link that leads outside ``root``. ``folder`` names the
-    root in messages."""
+    '..', is (or passes through) a link that leads outside ``root``, or holds a NUL or another
+    control character. ``folder`` names the root in messages."""
+    if name:
+        check_name_chars(name, input_name)
     if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or ":" in name[:3]:
         raise InputError(input_name, f"'{name}' must be a file name relative to {folder}; "
                                      "pick a file from the list or upload one.")

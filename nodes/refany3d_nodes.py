@@ -143,6 +143,11 @@ class RefAny3DSample(io.ComfyNode):
         if not isinstance(refany3d, RefAny3DModel):
             raise InputError("refany3d", "expects the output of Load RefAny3D (Realiz3D).")
         check_cancel()
+        if mesh is not None and (condition_size < 16 or condition_size % 16):
+            raise InputError("condition_size", f"must be a positive multiple of 16 (got {condition_size}): the mesh "
+                                               "is rendered at this size and Flux packs 2x2 latent patches of an "
+                                               "8x downsampled image. Use 512 (the reference) or another multiple "
+                                               "of 16.")
         # without a mesh or a render the point map decodes into the [-1, 1] cube (see the tooltips)
         rgb, pts, bounds = condition_views(mesh, rgb_views, point_views, render, views, condition_size)
         settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,

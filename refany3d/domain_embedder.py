@@ -31,14 +31,26 @@ def load_domain_embedder(path: str, hidden: int, input_name: str = "domain_embed
     name = os.path.basename(path)
     missing = [k for k in KEYS if k not in sd]
     if missing:
-        raise InputError(input_name, f"'{name}' is not a RefAny3D domain embedder: keys {missing} missing "
-                                     f"(expected {list(KEYS)}).")
+        found = sorted(sd)
+        shown = found[:8] + (["..."] if len(found) > 8 else [])
+        lacks = "has none of them" if len(missing) == len(KEYS) else f"lacks {missing}"
+        raise InputError(input_name, f"'{name}' is not a RefAny3D domain embedder: an embedder holds the tensors "
+                                     f"{list(KEYS)}; this file {lacks} and holds {len(found)} tensor(s): "
+                                     f"{shown or 'none'}. Choose the domain_embedder.pth published with RefAny3D "
+                                     "(or one that Train RefAny3D saved), not a LoRA or a model checkpoint.")
     got = sd["3.weight"].shape[0]
     if got != hidden or sd["1.weight"].shape[1] != EMBED_DIM:
         raise InputError(input_name, f"'{name}' is for a model of hidden size {got}, but the loaded Flux model "
                                      f"has hidden size {hidden}. Use the embedder trained for this model.")
     m = make_domain_embedder(hidden, num_domains=sd["0.weight"].shape[0])
-    m.load_state_dict({k: sd[k] for k in KEYS})
+    try:
+        m.load_state_dict({k: sd[k] for k in KEYS})
+    except RuntimeError as exc:
+        sizes = {k: tuple(sd[k].shape) for k in KEYS}
+        raise InputError(input_name, f"'{name}' has tensors of sizes that do not fit together {sizes} (for "
+                                     f"hidden size {hidden}: 0.weight (2, {EMBED_DIM}), 1.weight ({hidden}, "
+                                     f"{EMBED_DIM}), 3.weight ({hidden}, {hidden})); the file is damaged. Use the "
+                                     "published domain_embedder.pth.") from exc
     return m.eval()
 
 

@@ -78,8 +78,9 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     if n_views < 1:
         raise InputError("views", "no condition views: render at least one view of the mesh.")
     if cond_h % 16 or cond_w % 16:
-        raise InputError("condition_size", f"condition views are {cond_w}x{cond_h}; their size must be a multiple "
-                                           "of 16.")
+        raise InputError("rgb_views", f"the condition views are {cond_w}x{cond_h}; RefAny3D needs both sides a "
+                                      "multiple of 16. Render them at a multiple of 16 (Render Views' width and "
+                                      "height), or connect the mesh and set condition_size.")
     s, B = settings, settings.batch
     rt = as_runtime(model, offload)
     L = rt.layers_for(weights.side)

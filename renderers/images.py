@@ -22,3 +22,17 @@ def depth_image(bundle: RenderBundle) -> np.ndarray:
             lo, hi = float(d.min()), float(d.max())
             out[k][m] = 1.0 - 0.9 * (d - lo) / max(hi - lo, 1e-8)
     return np.repeat(out[..., None], 3, axis=-1)
+
+
+#: Background of geometry control maps (normal, depth, point-map controls): black (CONVENTIONS.md)
+CONTROL_BACKGROUND = 0.0
+
+
+def composite_over(image, background: float = CONTROL_BACKGROUND):
+    """[..., 4] RGBA (numpy or torch, float in [0, 1]) over a flat grey ``background`` -> [..., 3];
+    [..., 3] is returned unchanged. Control maps go over black (their documented background),
+    never over white."""
+    if image.shape[-1] != 4:
+        return image
+    rgb, a = image[..., :3], image[..., 3:4]
+    return rgb * a + background * (1 - a)

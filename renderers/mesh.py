@@ -42,12 +42,14 @@ class MeshPart:
 @dataclass
 class Mesh:
     """A flattened scene. ``normalization`` maps the asset frame to the render frame:
-    x_render = (x_asset - center) * scale; identity unless :func:`normalize` was applied."""
+    x_render = (x_asset - center) * scale; identity unless :func:`normalize` was applied.
+    ``notes``: what the reader could not honour (e.g. a missing material file), for the user."""
 
     parts: list[MeshPart]
     source: str = "<memory>"
     center: np.ndarray = field(default_factory=lambda: np.zeros(3))
     scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def vertices(self) -> np.ndarray:
@@ -99,6 +101,11 @@ def validate(mesh: Mesh, input_name: str = "mesh") -> Mesh:
             raise InputError(input_name, f"'{mesh.source}' part '{p.name}' has {int(bad.sum())} vertices with "
                                          "NaN or infinite coordinates. Repair the mesh (e.g. remove those "
                                          "vertices in a 3D editor) and load it again.")
+        for what, values in (("texture coordinates (UVs)", p.uv), ("vertex colours", p.vertex_colors),
+                             ("face colours", p.face_colors)):
+            if values is not None and not np.isfinite(values).all():
+                raise InputError(input_name, f"'{mesh.source}' part '{p.name}' has {what} that are NaN or "
+                                             "infinite. The file is damaged; export it again.")
         if p.faces.min() < 0 or p.faces.max() >= len(p.vertices):
             raise InputError(input_name, f"'{mesh.source}' part '{p.name}' has faces that index missing "
                                          "vertices. The file is corrupt; export it again.")
@@ -118,7 +125,7 @@ def normalize(mesh: Mesh) -> Mesh:
     parts = [replace(p, vertices=(p.vertices - center) * scale) for p in mesh.parts]
     # compose with any earlier normalisation so asset-frame queries stay exact
     return Mesh(parts=parts, source=mesh.source,
-                center=mesh.center + center / mesh.scale, scale=mesh.scale * scale)
+                center=mesh.center + center / mesh.scale, scale=mesh.scale * scale, notes=list(mesh.notes))
 
 
 def is_normalized(mesh: Mesh, tol: float = 1e-9) -> bool:

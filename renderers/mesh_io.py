@@ -1,7 +1,9 @@
 """Loading meshes from files (GLB, GLTF, OBJ, PLY, STL) and from in-memory arrays."""
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -11,13 +13,83 @@ from .mesh import Mesh, MeshPart, validate
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl")
 
+log = logging.getLogger(__name__)
 
-def load_mesh(path: str, input_name: str = "mesh_file") -> Mesh:
+
+class ConfinedResolver:
+    """A trimesh resolver that reads the files a mesh refers to relative to the mesh's folder,
+    only inside ``root``: a name that is absolute, climbs out with '..' or passes through a link
+    leading outside is refused (recorded in ``refused``; trimesh's loaders swallow errors of
+    material files, so the caller checks the record). Names not found are kept in ``missing``."""
+
+    def __init__(self, mesh_path: str, root: str, folder: Optional[str] = None):
+        self.root = os.path.realpath(root)
+        self.folder = folder if folder is not None else os.path.dirname(os.path.abspath(mesh_path))
+        self.file_name = os.path.basename(mesh_path)
+        self.refused: list[str] = []
+        self.missing: list[str] = []
+
+    def _path(self, name: str) -> Optional[str]:
+        raw = str(name)
+        clean = raw.strip()
+        if clean.startswith("file://"):
+            clean = clean[len("file://"):]
+        if not clean or os.path.isabs(clean) or clean.startswith(("/", "\\")) or ":" in clean[:3] or "\0" in clean:
+            return None
+        full = os.path.realpath(os.path.join(os.path.realpath(self.folder), clean))
+        if os.path.commonpath([full, self.root]) != self.root:
+            return None
+        return full
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        if path is None:
+            if name not in self.refused:
+                self.refused.append(str(name))
+            raise ValueError(f"'{name}' is outside the allowed folder")
+        if not os.path.isfile(path):    # exporters often keep a folder in the name: try the mesh's folder
+            alone = self._path(os.path.basename(str(name).strip().replace("\\", "/")))
+            if alone is not None and os.path.isfile(alone):
+                with open(alone, "rb") as f:
+                    return f.read()
+            if name not in self.missing:
+                self.missing.append(str(name))
+            raise FileNotFoundError(name)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def __getitem__(self, name):
+        return self.get(name)
+
+    def get_base(self):
+        return self.folder
+
+    def keys(self):
+        return iter(())
+
+    def namespaced(self, namespace: str) -> "ConfinedResolver":
+        child = ConfinedResolver(self.file_name, self.root, os.path.join(self.folder, namespace))
+        child.refused, child.missing = self.refused, self.missing      # one record for the whole load
+        return child
+
+    def write(self, name, data):
+        raise ValueError("the mesh reader does not write files")
+
+
+def load_mesh(path: str, input_name: str = "mesh_file", root: Optional[str] = None,
+              root_name: str = "the input folder") -> Mesh:
     """Load a mesh file, flattening a scene graph with its transforms.
 
     Keeps per part: UVs and the base-colour texture, vertex or face colours, the base
     colour factor, and vertex normals. Raises :class:`InputError` for a missing file, an
-    unknown extension, an unreadable file, or a file without triangles.
+    unknown extension, an unreadable file, faces indexing missing vertices, or a file
+    without triangles.
+
+    Files the mesh refers to (glTF buffers and images, OBJ material libraries and textures)
+    are read only from inside ``root`` (default: the folder holding the mesh; ComfyUI's input
+    folder from Load Mesh), named ``root_name`` in messages: a reference that leaves it (``../``,
+    an absolute path, a link out) is refused by name. A referenced material or texture that is
+    missing gives a note in ``Mesh.notes`` (and a log warning); the mesh falls back to grey.
     """
     import trimesh
 
@@ -29,26 +101,94 @@ def load_mesh(path: str, input_name: str = "mesh_file") -> Mesh:
     if not os.path.isfile(path):
         raise InputError(input_name, f"'{name}' does not exist. Put the file in ComfyUI's input folder "
                                      "(or upload it) and pick it from the list.")
+    resolver = ConfinedResolver(path, root if root is not None else os.path.dirname(os.path.abspath(path)))
     try:
-        scene = trimesh.load(path, force="scene", process=False)
+        with np.errstate(all="ignore"):
+            scene = trimesh.load(path, force="scene", process=False, resolver=resolver)
     except Exception as exc:  # trimesh raises many types for malformed files
-        raise InputError(input_name, f"'{name}' could not be read as {ext[1:].upper()} ({type(exc).__name__}: "
-                                     f"{exc}). Check that the file is a valid mesh.") from exc
+        _check_references(resolver, name, input_name, root_name)
+        raise InputError(input_name, _read_error(name, ext, exc)) from exc
+    _check_references(resolver, name, input_name, root_name)
     parts = []
     for node in scene.graph.nodes_geometry:
         transform, geom_name = scene.graph[node]
         geom = scene.geometry[geom_name]
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             continue  # point clouds and line paths carry no surface to render
-        with np.errstate(invalid="ignore", over="ignore"):   # NaN vertices are reported by validate()
-            parts.append(_part_from_trimesh(geom, np.asarray(transform, np.float64), str(node)))
-    mesh = Mesh(parts=parts, source=name)
+        check_face_indices(np.asarray(geom.faces), len(geom.vertices), name, str(node), input_name)
+        with np.errstate(all="ignore"):   # NaN vertices are reported by validate()
+            try:
+                parts.append(_part_from_trimesh(geom, np.asarray(transform, np.float64), str(node)))
+            except Exception as exc:   # broken materials, colours, UVs, textures (PIL, zlib, MemoryError)
+                raise InputError(input_name, f"'{name}' part '{node}' could not be read ({type(exc).__name__}: "
+                                             f"{exc}). The file is damaged; export it again.") from exc
+    notes = [f"'{name}' refers to '{ref}', which is missing; " + (
+        "its materials were not loaded and the mesh is grey." if ref.lower().endswith(".mtl") else
+        "the texture was not loaded and the surface falls back to its base colour (grey if none)."
+    ) + " Put the file next to the mesh." for ref in resolver.missing]
+    for note in notes:
+        log.warning("Load Mesh: %s", note)
+    mesh = Mesh(parts=parts, source=name, notes=notes)
     if not parts:
         has_points = any(len(getattr(g, "vertices", ())) for g in scene.geometry.values())
+        if ext == ".stl" and _stl_truncated(path):
+            raise InputError(input_name, f"'{name}' is truncated or damaged: the STL header announces more "
+                                         "triangles than the file holds. Export it again.")
         what = "only points or lines (a point cloud?)" if has_points else "nothing (empty mesh)"
         raise InputError(input_name, f"'{name}' contains {what}; the renderer needs triangle faces. "
                                      "Load a mesh with faces.")
     return validate(mesh, input_name)
+
+
+def check_face_indices(faces: np.ndarray, n_vertices: int, name: str, part: str, input_name: str) -> None:
+    """InputError when a face indexes a vertex that does not exist (negative, or >= n_vertices)."""
+    if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
+        raise InputError(input_name, f"'{name}' part '{part}' has malformed faces (shape {faces.shape}); "
+                                     "the file is damaged. Export it again.")
+    if not len(faces):
+        return
+    lo, hi = int(faces.min()), int(faces.max())
+    if lo < 0 or hi >= n_vertices:
+        bad = lo if lo < 0 else hi
+        raise InputError(input_name, f"'{name}' part '{part}' has faces that index vertices that do not exist "
+                                     f"(index {bad}, but the part has {n_vertices} vertices, numbered 0.."
+                                     f"{n_vertices - 1}). The file is corrupt; export it again.")
+
+
+def _read_error(name: str, ext: str, exc: Exception) -> str:
+    if isinstance(exc, IndexError):        # trimesh's OBJ reader indexes vertices while parsing faces
+        return (f"'{name}' has faces that index vertices that do not exist ({exc}). The file is corrupt; "
+                "export it again.")
+    if ext == ".stl" and "header" in str(exc).lower():
+        return f"'{name}' is truncated or damaged ({exc}). Export it again."
+    return (f"'{name}' could not be read as {ext[1:].upper()} ({type(exc).__name__}: {exc}). Check that the "
+            "file is a valid mesh.")
+
+
+def _stl_truncated(path: str) -> bool:
+    """A binary STL whose header counts more triangles than its bytes hold (or with a partial header)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(84)
+    except OSError:
+        return False
+    if head[:5].lower() == b"solid" and b"facet" in open(path, "rb").read(4096).lower():
+        return False            # ASCII STL: a missing 'endsolid' is not detectable as truncation here
+    if 0 < size < 84:
+        return True
+    if size < 84:
+        return False
+    count = int(np.frombuffer(head[80:84], "<u4")[0])
+    return size < 84 + 50 * count or (count == 0 and size > 84)
+
+
+def _check_references(resolver: "ConfinedResolver", name: str, input_name: str, root_name: str) -> None:
+    if resolver.refused:
+        ref = resolver.refused[0]
+        raise InputError(input_name, f"'{name}' refers to '{ref}', outside {root_name}; a mesh may only use "
+                                     "files inside it. Copy the file next to the mesh and refer to it by a "
+                                     "relative name.")
 
 
 def mesh_from_arrays(vertices, faces, vertex_colors=None, source: str = "MESH input",
@@ -75,7 +215,7 @@ def _part_from_trimesh(geom, transform: np.ndarray, name: str) -> MeshPart:
     mirrored = np.linalg.det(rot) < 0
     if mirrored:  # a mirroring transform turns the winding inside out; keep fronts outward
         faces = faces[:, ::-1].copy()
-    normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(rot)
+    normals = _vertex_normals(geom) @ np.linalg.inv(rot)
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     part = MeshPart(vertices=vertices, faces=faces, vertex_normals=normals, name=name)
 
@@ -94,6 +234,28 @@ def _part_from_trimesh(geom, transform: np.ndarray, name: str) -> MeshPart:
         elif visual.kind == "face":
             part.face_colors = np.asarray(visual.face_colors, np.float32) / 255.0
     return part
+
+
+def _vertex_normals(geom) -> np.ndarray:
+    """The file's vertex normals when it has them, else trimesh's (angle-weighted) normals
+    computed in a normalised copy of the part (centred, longest side 1), so that a mesh at
+    1e-6 scale gets the same normals as at scale 1 (trimesh zeroes the normals of faces whose
+    cross product falls below its absolute tolerance)."""
+    import trimesh
+
+    v = np.asarray(geom.vertices, np.float64)
+    stored = geom._cache.cache.get("vertex_normals") if hasattr(geom, "_cache") else None
+    if stored is not None and np.shape(stored) == v.shape:
+        return np.asarray(stored, np.float64)
+    finite = v[np.isfinite(v).all(axis=1)]
+    if not len(finite):
+        return np.zeros_like(v)
+    lo, hi = finite.min(0), finite.max(0)
+    size = float(np.max(hi - lo))
+    if not np.isfinite(size) or size <= 0:
+        size = 1.0
+    unit = trimesh.Trimesh(vertices=(v - (lo + hi) / 2) / size, faces=np.asarray(geom.faces), process=False)
+    return np.asarray(unit.vertex_normals, np.float64)
 
 
 def _material_color(material) -> tuple[Optional[np.ndarray], np.ndarray]:

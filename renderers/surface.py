@@ -71,6 +71,9 @@ def sample_surface(tables: MeshTables, face_id: np.ndarray, origins: np.ndarray,
     :data:`ALBEDO_MODES`."""
     pixel = np.flatnonzero(face_id.reshape(-1) >= 0)
     face = face_id.reshape(-1).take(pixel).astype(np.int64)
+    if not len(pixel):      # the view sees no surface (camera looking away, mesh out of frame)
+        return SurfaceSample(pixel, face, np.zeros((0, 3), np.float64), np.zeros((0, 3), np.float32),
+                             np.zeros((0, 3), np.float32))
     fn = np.take(tables.face_normals, face, axis=0)
     d = dirs.astype(np.float32)
 
@@ -151,6 +154,8 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     h, w = texture.shape[:2]
     x = uv[:, 0].astype(np.float32) * w - 0.5
     y = (1.0 - uv[:, 1].astype(np.float32)) * h - 0.5
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):   # UVs near float32's max overflow when scaled
+        x, y = (np.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0) for c in (x, y))
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x0, y0 = np.mod(x0, w).astype(np.int32), np.mod(y0, h).astype(np.int32)

@@ -12,6 +12,7 @@ from ..adapters import DomainSchedule, DomainShifters
 from ..engine import FluxEngine
 from ..loading.offload import Offload
 from ..renderers.errors import InputError
+from ..renderers.images import CONTROL_BACKGROUND, composite_over
 from .realiz3d_layout import build_branches
 from .flow import decode_latents, encode_images, flux_timesteps, initial_noise
 from .runtime import as_runtime, encode_prompt, step_memory_bytes
@@ -59,6 +60,11 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
         raise InputError("steps", f"must be at least 1 (got {s.steps}).")
     if schedule is not None and shifters is None:
         raise InputError("schedule", "a domain schedule needs domain shifters; connect Load Domain Shifter.")
+    if controls is not None:
+        if controls.ndim != 4 or controls.shape[-1] not in (3, 4):
+            raise InputError("controls", f"control maps must be images [C, H, W, 3] (or RGBA), got shape "
+                                         f"{tuple(controls.shape)}.")
+        controls = composite_over(controls.float(), CONTROL_BACKGROUND)   # transparency: the black background
     if controls is not None and tuple(controls.shape[1:3]) != (s.height, s.width):
         raise InputError("controls", f"control maps are {controls.shape[2]}x{controls.shape[1]} but the image "
                                      f"is {s.width}x{s.height}; controls must be spatially aligned (same size).")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..renderers.errors import InputError
+from ..renderers.images import CONTROL_BACKGROUND
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 #: control kind in the config -> file suffix NAME.<kind>.png and sampling.multiview's control name
@@ -86,8 +87,10 @@ class MemoryDataset(Dataset):
 
 # ---------------------------------------------------------------- image files
 
-def read_image(path: str) -> np.ndarray:
-    """uint8 [H, W, 3]; transparency is composited over white (renders are on white)."""
+def read_image(path: str, background: int = 255) -> np.ndarray:
+    """uint8 [H, W, 3]; transparency is composited over ``background`` (white for images and
+    renders, which are on white; black, 0, for control maps, whose documented background is
+    black: renderers.images.CONTROL_BACKGROUND)."""
     from PIL import Image
 
     try:
@@ -95,7 +98,7 @@ def read_image(path: str) -> np.ndarray:
             im.load()
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                bg = Image.new("RGBA", rgba.size, (background, background, background, 255))
                 im = Image.alpha_composite(bg, rgba)
             return np.asarray(im.convert("RGB"))
     except Exception as exc:       # PIL raises many types for broken files
@@ -220,7 +223,8 @@ class ImageFolder(Dataset):
     def load(self, index: int) -> Sample:
         path, controls, caption_path = self.items[index]
         image = fit(read_image(path), self.size)
-        maps = [to_tensor(fit(read_image(c), self.size, nearest=True)) for c in controls]
+        black = round(CONTROL_BACKGROUND * 255)
+        maps = [to_tensor(fit(read_image(c, background=black), self.size, nearest=True)) for c in controls]
         return Sample(key=path, domain=self.domain, image=to_tensor(image),
                       caption=read_caption(caption_path, self.caption),
                       controls=torch.stack(maps) if maps else None)

@@ -12,6 +12,13 @@ PLY_POINTS = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproper
               "end_header\n0 0 0\n1 0 0\n0 1 0\n")
 
 
+LOOK_AWAY = '[{"eye": [0, 0, 4], "target": [0, 0, 8]}]'
+PLY_FACE = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+            "element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 {}\n")
+OBJ_UV = "mtllib {}\nusemtl m\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
+SECRET_RGB = (201, 7, 99)
+
+
 def graph(mesh_file=BUNDLED_SAMPLE, rig=None, render=None, save=None):
     g = {
         "1": {"class_type": "Realiz3DLoadMesh", "inputs": {"normalize": True, "mesh_file": mesh_file}},
@@ -43,7 +50,51 @@ def inputs(server):
     with open(outside, "w") as f:
         f.write("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
     os.symlink(outside, os.path.join(root, "3d", "link_out.obj"))
+    _reference_files(server.base, root)
     return root
+
+
+def _reference_files(base, root):
+    """Meshes whose faces index missing vertices, a truncated STL, and meshes that refer to a
+    secret next to the input folder (glTF buffers and images, OBJ mtllib and map_Kd)."""
+    import json
+
+    import numpy as np
+    import trimesh
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), SECRET_RGB).save(os.path.join(base, "secret.png"))
+    with open(os.path.join(base, "secret.bin"), "wb") as f:
+        f.write(b"SECRET-BYTES" * 100)
+    with open(os.path.join(base, "secret.mtl"), "w") as f:
+        f.write("newmtl m\nKd 1 1 1\nmap_Kd secret.png\n")
+    d = os.path.join(root, "3d")
+    texts = {"past_end.ply": PLY_FACE.format(7), "negative.ply": PLY_FACE.format(-5),
+             "escape_mtllib.obj": OBJ_UV.format("../../secret.mtl"), "escape_texture.obj": OBJ_UV.format("esc.mtl"),
+             "esc.mtl": "newmtl m\nKd 1 1 1\nmap_Kd ../../secret.png\n", "no_mtl.obj": OBJ_UV.format("gone.mtl")}
+    for name, text in texts.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    with open(os.path.join(d, "truncated.stl"), "wb") as f:
+        f.write(trimesh.creation.box().export(file_type="stl")[:300])
+    box = trimesh.creation.box()
+    box.visual = trimesh.visual.TextureVisuals(uv=np.zeros((len(box.vertices), 2)), image=Image.new("RGB", (4, 4)))
+    files = box.export(file_type="gltf")
+    tree = json.loads(files.pop("model.gltf"))
+    for name, data in files.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    variants = {"escape_image.gltf": ("image", "../../secret.png"),
+                "absolute_image.gltf": ("image", os.path.join(base, "secret.png")),
+                "escape_buffer.gltf": ("buffer", "../../secret.bin")}
+    for name, (what, uri) in variants.items():
+        t = json.loads(json.dumps(tree))
+        if what == "image":
+            t["images"][0] = {"uri": uri}
+        else:
+            t["buffers"][0]["uri"] = uri
+        with open(os.path.join(d, name), "w") as f:
+            json.dump(t, f)
 
 
 def output_files(server):
@@ -70,6 +121,21 @@ CASES = [
      "cameras", "inside the mesh"),
     ("bad poses JSON", dict(rig={"preset": "explicit poses", "poses_json": "[{oops"}), "poses_json", "valid JSON"),
     ("output escapes", dict(save={"filename_prefix": "../../escape/pc"}), "filename_prefix", "output folder"),
+    ("face index past the end", dict(mesh_file="3d/past_end.ply"), "mesh_file", "vertices that do not exist"),
+    ("negative face index", dict(mesh_file="3d/negative.ply"), "mesh_file", "index -5"),
+    ("truncated STL", dict(mesh_file="3d/truncated.stl"), "mesh_file", "truncated"),
+    ("glTF image ../ out of input", dict(mesh_file="3d/escape_image.gltf"), "mesh_file",
+     "'escape_image.gltf' refers to '../../secret.png', outside ComfyUI's input folder"),
+    ("glTF buffer ../ out of input", dict(mesh_file="3d/escape_buffer.gltf"), "mesh_file",
+     "'escape_buffer.gltf' refers to '../../secret.bin', outside ComfyUI's input folder"),
+    ("glTF image absolute path", dict(mesh_file="3d/absolute_image.gltf"), "mesh_file",
+     "outside ComfyUI's input folder"),
+    ("OBJ mtllib ../ out of input", dict(mesh_file="3d/escape_mtllib.obj"), "mesh_file",
+     "'escape_mtllib.obj' refers to '../../secret.mtl', outside ComfyUI's input folder"),
+    ("OBJ map_Kd ../ out of input", dict(mesh_file="3d/escape_texture.obj"), "mesh_file",
+     "'escape_texture.obj' refers to '../../secret.png', outside ComfyUI's input folder"),
+    ("view sees no surface", dict(rig={"preset": "explicit poses", "poses_json": LOOK_AWAY}), "render",
+     "out of frame"),
 ]
 
 
@@ -86,6 +152,39 @@ def test_bad_input_is_reported_and_harmless(server, inputs, kwargs, input_name, 
         message = error_message(reply)
         assert input_name in message and phrase in message, message
     assert output_files(server) == before                            # nothing written, nothing partial
+    for path in before:                                               # and no secret in what there is
+        with open(path, "rb") as f:
+            assert b"SECRET-BYTES" not in f.read()
+    assert "SECRET-BYTES" not in str(reply)
     assert not os.path.exists(os.path.join(os.path.dirname(server.base), "escape"))
     ok = server.run(graph(save={"stride": len(before) % 7 + 1}))     # the next prompt runs
     assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+def test_view_without_surface_renders_as_background(server, inputs):
+    """A camera looking away is a normal view: Render Views succeeds with an empty mask."""
+    import numpy as np
+    from PIL import Image
+
+    g = graph(rig={"preset": "explicit poses", "poses_json": LOOK_AWAY})
+    del g["4"]
+    g["5"] = {"class_type": "MaskToImage", "inputs": {"mask": ["3", 4]}}
+    g["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "empty_view/mask"}}
+    g["7"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 1], "filename_prefix": "empty_view/points"}}
+    reply = server.run(g)
+    assert reply["status"]["status_str"] == "success", error_message(reply)
+    paths = server.output_files(reply)
+    mask, points = (np.asarray(Image.open(next(p for p in paths if kind in os.path.basename(p))))
+                    for kind in ("mask", "points"))
+    assert mask.max() == 0                                            # empty mask
+    assert points.min() == 255                                        # point map all white (background)
+
+
+def test_missing_material_gives_a_note(server, inputs):
+    g = graph(mesh_file="3d/no_mtl.obj")
+    del g["4"]
+    g["5"] = {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}}
+    reply = server.run(g)
+    assert reply["status"]["status_str"] == "success", error_message(reply)
+    text = str(reply["outputs"]["5"])
+    assert "gone.mtl" in text and "missing" in text, text

@@ -144,7 +144,7 @@ def test_bad_native_input_is_named_and_the_next_prompt_runs(server, native, case
     h = server.run(refany3d_graph(prefix="native/bad/img", **graph), timeout=600)
     assert h["status"]["status_str"] == "error"
     message = error_message(h)
-    assert "InputError" in message and input_name in message, message
+    assert "Realiz3D input error" in message and input_name in message, message
     assert "Traceback" not in message
     assert not os.path.isdir(out) or not os.listdir(out)          # nothing written
     ok = server.run(refany3d_graph(prefix=f"native/after_{input_name}"), timeout=600)

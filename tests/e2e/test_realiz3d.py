@@ -1,6 +1,7 @@
 """Realiz3D inference nodes in a real ComfyUI with the tiny model: the text-to-multiview template,
 Realiz3D Sample under rendered controls, and bad shifters and schedules. The templates load
 FLUX.1 with ComfyUI's loaders; they run on the tiny model through pack_loader.with_pack_loader."""
+import json
 import os
 import shutil
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from comfy_host import error_message, load_workflow
 from pack_loader import TINY_SEQUENCE_LENGTH, pack_loader_inputs, with_pack_loader
@@ -30,6 +33,10 @@ def models(server, tmp_path_factory):
     os.makedirs(os.path.join(m, "loras"), exist_ok=True)
     shutil.copy(write_tiny_refany3d(lora_dir, transformer, seed=4)[0],
                 os.path.join(m, "loras", "realiz3d_normal_control.safetensors"))
+    lora = load_file(os.path.join(m, "loras", "realiz3d_normal_control.safetensors"))
+    first = sorted(k for k in lora if ".lora_A." in k)[0]           # one layer's lora_A loses half its rank
+    save_file({k: v[: v.shape[0] // 2] if k == first else v for k, v in lora.items()},
+              os.path.join(m, "loras", "bad_rank.safetensors"))
     os.makedirs(os.path.join(m, "realiz3d_shifters"), exist_ok=True)
     shifters = DomainShifters(ShifterConfig.for_transformer(transformer, rank=4, embed_dim=8))
     for p in shifters.parameters():
@@ -37,6 +44,13 @@ def models(server, tmp_path_factory):
     save_shifters(shifters, os.path.join(m, "realiz3d_shifters", "realiz3d_shifters.safetensors"))
     other = DomainShifters(ShifterConfig(5, 1, 64, rank=4, embed_dim=8))
     save_shifters(other, os.path.join(m, "realiz3d_shifters", "other_layout.safetensors"))
+    good = os.path.join(m, "realiz3d_shifters", "realiz3d_shifters.safetensors")
+    with safe_open(good, framework="pt") as f:
+        meta = dict(f.metadata())
+    for name, config in (("unknown_key", json.dumps({**json.loads(meta["config"]), "dropout": 0.1})),
+                         ("not_json", meta["config"][:-3])):
+        save_file(load_file(good), os.path.join(m, "realiz3d_shifters", f"{name}.safetensors"),
+                  metadata={**meta, "config": config})
     return m
 
 
@@ -65,8 +79,8 @@ def test_multiview_template_with_the_tiny_model(server, models):
     assert any(not np.array_equal(a, b) for a, b in zip(imgs, other))
 
 
-def test_realiz3d_sample_under_rendered_controls(server, models):
-    wf = {
+def controls_graph():
+    return {
         "1": {"class_type": "Realiz3DLoadMesh", "inputs": {"normalize": True, "mesh_file": "(bundled) sample_mesh.glb"}},
         "2": {"class_type": "Realiz3DCameraRig", "inputs": {"preset": "orbit", "num_views": 1, "elevation": 15.0,
               "radius": 3.5, "fov": 45.0, "start_azimuth": 30.0, "projection": "perspective", "ortho_height": 2.4,
@@ -84,6 +98,10 @@ def test_realiz3d_sample_under_rendered_controls(server, models):
         "8": {"class_type": "Realiz3DFluxTextEncode", "inputs": {"clip": ["4", 1], "text": "a toy house",
               "max_sequence_length": TINY_SEQUENCE_LENGTH}},
     }
+
+
+def test_realiz3d_sample_under_rendered_controls(server, models):
+    wf = controls_graph()
     h = server.run(wf)
     assert h["status"]["status_str"] == "success", error_message(h)
     out = [p for p in server.output_files(h) if "sample_" in p]
@@ -93,8 +111,30 @@ def test_realiz3d_sample_under_rendered_controls(server, models):
     assert bad["status"]["status_str"] == "error" and "controls" in error_message(bad), error_message(bad)
 
 
+@pytest.mark.parametrize("inputs,name", [({"lora": "bad_rank.safetensors"}, "lora"),
+                                         ({"target_lora": "bad_rank.safetensors"}, "target_lora")],
+                         ids=["lora", "target_lora"])
+def test_control_lora_whose_ranks_disagree(server, models, inputs, name):
+    """Load Control LoRA on the pack's model (peft): a file whose lora_A and lora_B ranks differ is
+    refused by name, not as peft's 'size mismatch'; nothing is written and the next prompt runs."""
+    out = os.path.join(server.base, "output")
+    before = sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs)
+    wf = controls_graph()
+    wf["5"]["inputs"].update(inputs)
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "error"
+    msg = error_message(h)
+    assert msg.startswith("Realiz3D input error: ") and f"{name}: 'bad_rank.safetensors'" in msg, msg
+    assert "ranks disagree" in msg and "size mismatch" not in msg, msg
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs) == before
+    ok = server.run(controls_graph())
+    assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
 @pytest.mark.parametrize("node,inputs,name,phrase", [
     ("5", {"shifter": "other_layout.safetensors"}, "shifter", "5 double + 1 single blocks"),
+    ("5", {"shifter": "unknown_key.safetensors"}, "shifter", "keys this pack does not know (['dropout']"),
+    ("5", {"shifter": "not_json.safetensors"}, "shifter", "not valid JSON"),
     ("6", {"preset": "custom", "grid_json": '["real", "synthetic"]'}, "grid", "the model has 4 blocks"),
     ("6", {"preset": "custom", "grid_json": '[["real","real","real","real"]]'}, "grid", "sampling runs 2 steps"),
     ("6", {"preset": "layer-aware", "k_layers": 9}, "k_layers", "4 blocks"),

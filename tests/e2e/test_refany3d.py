@@ -152,6 +152,15 @@ def write_bad_models(server, models):
     lora = load_file(os.path.join(m, "refany3d", "default.safetensors"))
     wide = {k: torch.zeros(v.shape[0], v.shape[1] * 2) if ".lora_A." in k else v for k, v in lora.items()}
     save_file(wide, os.path.join(m, "refany3d", "other_size.safetensors"))
+    first = sorted(k for k in lora if ".lora_A." in k)[0]        # one layer's lora_A loses half its rank
+    save_file({k: v[: v.shape[0] // 2] if k == first else v for k, v in lora.items()},
+              os.path.join(m, "refany3d", "bad_rank.safetensors"))
+    for folder, index in (("bad-json", '{"_class_name": "FluxPipeline",'),
+                          ("sd-folder", '{"_class_name": "StableDiffusionPipeline", '
+                                        '"unet": ["diffusers", "UNet2DConditionModel"]}')):
+        os.makedirs(os.path.join(m, "diffusers", folder), exist_ok=True)
+        with open(os.path.join(m, "diffusers", folder, "model_index.json"), "w") as f:
+            f.write(index)
 
 
 BAD = [
@@ -161,6 +170,15 @@ BAD = [
     ("LoRA for another size", {"3": {"reference_lora": "other_size.safetensors"}}, "reference_lora", "another size"),
     ("size not divisible by 16", {"4": {"width": 72}}, "width", "multiple of 16"),
     ("path outside models", {"3": {"domain_lora": "../../secret.safetensors"}}, "domain_lora", "outside"),
+    ("reference LoRA ranks disagree", {"3": {"reference_lora": "bad_rank.safetensors"}}, "reference_lora",
+     "ranks disagree"),
+    ("domain LoRA ranks disagree", {"3": {"domain_lora": "bad_rank.safetensors"}}, "domain_lora", "ranks disagree"),
+    ("LoRA as domain embedder", {"3": {"domain_embedder": "default.safetensors"}}, "domain_embedder",
+     "domain_embedder.pth"),
+    ("model_index.json not JSON", {"2": {"diffusers_model": "bad-json"}}, "diffusers_model", "not valid JSON"),
+    ("model_index.json not Flux", {"2": {"diffusers_model": "sd-folder"}}, "diffusers_model",
+     "StableDiffusionPipeline folder, not a Flux one"),
+    ("condition_size 17", {"4": {"condition_size": 17}}, "condition_size", "multiple of 16 (got 17)"),
 ]
 
 
@@ -173,6 +191,7 @@ def assert_refused_harmlessly(server, wf, input_name, phrase, next_seed):
     assert h["status"]["status_str"] == "error"
     message = error_message(h)
     assert input_name in message and phrase in message, message
+    assert message.startswith("Realiz3D input error: "), message
     assert sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs) == before
     ok = server.run(workflow(seed=next_seed))
     assert ok["status"]["status_str"] == "success", error_message(ok)

@@ -187,3 +187,19 @@ def test_multiview_generates_views_that_keep_their_cameras(pipe):
         assert torch.equal(controls_[0], make_grid(control_maps(bundle, kind), 2))
     with pytest.raises(InputError, match="view_size"):
         generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=20)
+
+
+def test_transparent_controls_are_composited_over_black(pipe):
+    """Control maps' documented background is black: an RGBA control's transparent pixels are black."""
+    from realiz3d.renderers.images import composite_over
+    rgb = controls()
+    alpha = (torch.arange(32)[None, :, None, None] < 16).float().expand(1, 32, 32, 1)   # top half opaque
+    rgba = torch.cat([rgb, alpha], dim=-1)
+    flat = torch.where(alpha.bool(), rgb, torch.zeros(()))
+    assert torch.equal(composite_over(rgba), flat)
+    np_flat = composite_over(rgba.numpy())
+    assert np_flat.shape == (1, 32, 32, 3) and np_flat[0, 20:].max() == 0
+    got = sample_realiz3d(pipe, "x", rgba, settings(), (pipe.control_adapter,))
+    assert torch.equal(got, sample_realiz3d(pipe, "x", flat, settings(), (pipe.control_adapter,)))
+    white = torch.where(alpha.bool(), rgb, torch.ones(()))
+    assert (got - sample_realiz3d(pipe, "x", white, settings(), (pipe.control_adapter,))).abs().max() > 1e-4

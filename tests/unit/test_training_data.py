@@ -194,3 +194,20 @@ def test_triplet_meshes_must_lie_inside_the_dataset_folder(tmp_path):
             msg = str(e.value)
             assert e.value.input_name == "data.refany3d", ref
             assert "bad.json" in msg and ref in msg and "must lie inside the dataset folder" in msg, msg
+
+
+def test_transparent_control_maps_go_over_black_and_images_over_white(tmp_path):
+    """A control map's documented background is black (CONVENTIONS.md), a render's is white: a
+    fully transparent pixel reads as 0 in the control and as 1 in the target image."""
+    from PIL import Image
+    folder = tmp_path / "syn"
+    folder.mkdir()
+    rgba = np.zeros((SIZE, SIZE, 4), np.uint8)
+    rgba[: SIZE // 2, :, :] = (200, 100, 50, 255)          # top half opaque, bottom half transparent
+    Image.fromarray(rgba).save(folder / "s00.png")
+    Image.fromarray(rgba).save(folder / "s00.normal.png")
+    (folder / "s00.txt").write_text("a render")
+    s = ImageFolder(str(folder), "data.synthetic", "synthetic", SIZE, controls=("normal",)).load(0)
+    bottom = slice(SIZE // 2 + 2, SIZE)
+    assert torch.all(s.controls[0][bottom] == 0.0) and torch.all(s.image[bottom] == 1.0)
+    assert torch.allclose(s.controls[0][2, 2], torch.tensor([200, 100, 50]) / 255.0)
