@@ -200,3 +200,30 @@ def test_tau_b_beyond_the_model_is_named(setup):
     assert h["status"]["status_str"] == "error"
     msg = error_message(h)
     assert "tau_b" in msg and "4" in msg, msg
+
+
+def test_a_triplet_whose_mesh_leaves_the_dataset_folder_is_refused(setup):
+    """A triplet JSON pointing outside its dataset folder (../ or absolute) is refused by name
+    before any training; the secret mesh is never read into an output."""
+    server = setup
+    root = os.path.join(server.base, "input", "realiz3d_train", "refany3d_escape")
+    os.makedirs(root, exist_ok=True)
+    secret = os.path.join(server.base, "secret.glb")
+    shutil.copy(BUNDLED_FILES[BUNDLED_SAMPLE], secret)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(root, "t0.png"))
+    before = set(glob.glob(os.path.join(server.base, "models", "**", "*"), recursive=True))
+    for ref in ("../../../secret.glb", secret):
+        with open(os.path.join(root, "t0.json"), "w") as f:
+            json.dump({"mesh": ref, "pose": {"eye": [3.0, 0.8, 0.0]}, "fov": 45, "caption": "x"}, f)
+        h = server.run({"1": load_workflow("api/train_shifter_then_sample.json")["1"],
+                        "2": {"class_type": "Realiz3DTrainRefAny3D", "inputs": {
+                            "model": ["1", 0], "triplets_folder": "realiz3d_train/refany3d_escape", "views": 2,
+                            "condition_size": 32, "lora_rank": 4, "prompt_dropout": 0.1, "condition_dropout": 0.1,
+                            "batch_size": 1, "seed": 0, "output_name": "e2e_escape", "resume": False, **SMALL,
+                            "steps": 1}}})
+        assert h["status"]["status_str"] == "error"
+        msg = error_message(h)
+        assert "data.refany3d" in msg and "outside the dataset folder" in msg, msg
+        assert set(glob.glob(os.path.join(server.base, "models", "**", "*"), recursive=True)) == before
+    ok = server.run(template(output_name="e2e_after_escape", steps=1))
+    assert ok["status"]["status_str"] == "success", error_message(ok)
