@@ -113,19 +113,20 @@ class BFLFluxLayers(FluxLayers):
         return out.reshape(*x.shape).type_as(x)
 
     # -- double blocks ---------------------------------------------------------------------------
-    def _stream(self, i, text):
+    @staticmethod
+    def _stream(text: bool) -> str:
         return "txt" if text else "img"
 
     def double_modulation(self, i, vec, text, adapters):
-        s = self._stream(i, text)
+        s = self._stream(text)
         mod = getattr(self.model.double_blocks[i], f"{s}_mod")
         return self._lin(f"double_blocks.{i}.{s}_mod.lin", mod.lin, F.silu(vec), adapters).chunk(6, dim=-1)
 
     def double_norm(self, i, x, text, second):
-        return getattr(self.model.double_blocks[i], f"{self._stream(i, text)}_norm{2 if second else 1}")(x)
+        return getattr(self.model.double_blocks[i], f"{self._stream(text)}_norm{2 if second else 1}")(x)
 
     def double_qkv(self, i, h, text, adapters):
-        s = self._stream(i, text)
+        s = self._stream(text)
         attn = getattr(self.model.double_blocks[i], f"{s}_attn")
         qkv = self._lin(f"double_blocks.{i}.{s}_attn.qkv", attn.qkv, h, adapters)
         q, k, v = qkv.view(*qkv.shape[:2], 3, self.heads, -1).unbind(2)
@@ -133,12 +134,12 @@ class BFLFluxLayers(FluxLayers):
         return q, k, v
 
     def double_attn_out(self, i, o, text, adapters):
-        s = self._stream(i, text)
+        s = self._stream(text)
         attn = getattr(self.model.double_blocks[i], f"{s}_attn")
         return self._lin(f"double_blocks.{i}.{s}_attn.proj", attn.proj, o, adapters)
 
     def double_mlp(self, i, h, text, adapters):
-        s = self._stream(i, text)
+        s = self._stream(text)
         mlp = getattr(self.model.double_blocks[i], f"{s}_mlp")
         h = self._lin(f"double_blocks.{i}.{s}_mlp.0", mlp[0], h, adapters)
         return self._lin(f"double_blocks.{i}.{s}_mlp.2", mlp[2], mlp[1](h), adapters)

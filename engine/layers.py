@@ -16,6 +16,7 @@ what engine.attention takes); ``vec`` the time embedding [B, D].
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from .lora import apply_linear
 
 
-class FluxLayers:
+class FluxLayers(ABC):
     """One Flux MM-DiT, reached layer by layer. ``adapters`` is always the branch's tuple of
     LoRA adapter names; a layout applies exactly those (and nothing else) to the layer."""
 
@@ -49,70 +50,75 @@ class FluxLayers:
         return self.hidden // self.heads
 
     @property
+    @abstractmethod
     def dtype(self) -> torch.dtype:
         """The dtype the layers compute in (inputs are cast to it)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def device(self) -> torch.device:
-        raise NotImplementedError
+        """Where activations live (under partial loading not always where every weight sits)."""
 
     # -- inputs ------------------------------------------------------------------------------
+    @abstractmethod
     def embed(self, x: torch.Tensor, text: bool, adapters: tuple) -> torch.Tensor:
         """Packed latents [B, N, in_channels] (or T5 states [B, N, 4096] for text) -> [B, N, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def time_embedding(self, timestep: torch.Tensor, guidance: Optional[torch.Tensor],
                        pooled: torch.Tensor) -> torch.Tensor:
         """sigma [B] in [0, 1], guidance [B] or None, pooled CLIP [B, P] -> vec [B, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rope(self, ids: torch.Tensor):
         """Position ids [N, 3] -> this layout's rotary table (opaque to the engine)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply_rope(self, x: torch.Tensor, rope) -> torch.Tensor:
         """[B, N, H, Dh] rotated by the table of :meth:`rope`."""
-        raise NotImplementedError
 
     # -- double blocks ---------------------------------------------------------------------------
+    @abstractmethod
     def double_modulation(self, i: int, vec: torch.Tensor, text: bool, adapters: tuple) -> tuple:
         """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each [B, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def double_norm(self, i: int, x: torch.Tensor, text: bool, second: bool) -> torch.Tensor:
-        raise NotImplementedError
+        """Block i's affine-free LayerNorm before attention (``second``: before the MLP), [B, N, D]."""
 
+    @abstractmethod
     def double_qkv(self, i: int, h: torch.Tensor, text: bool, adapters: tuple) -> tuple:
         """Modulated states [B, N, D] -> q, k (RMS-normed, not rotated), v, each [B, N, H, Dh]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def double_attn_out(self, i: int, o: torch.Tensor, text: bool, adapters: tuple) -> torch.Tensor:
-        raise NotImplementedError
+        """Attention output [B, N, D] through the stream's output projection -> [B, N, D]."""
 
+    @abstractmethod
     def double_mlp(self, i: int, h: torch.Tensor, text: bool, adapters: tuple) -> torch.Tensor:
-        raise NotImplementedError
+        """Modulated states [B, N, D] through the stream's GELU MLP -> [B, N, D]."""
 
     # -- single blocks ---------------------------------------------------------------------------
+    @abstractmethod
     def single_modulation(self, i: int, vec: torch.Tensor, adapters: tuple) -> tuple:
         """(shift, scale, gate), each [B, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def single_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Single block i's affine-free LayerNorm, [B, N, D]."""
 
+    @abstractmethod
     def single_qkv_mlp(self, i: int, h: torch.Tensor, adapters: tuple) -> tuple:
         """-> q, k (normed), v [B, N, H, Dh] and the activated MLP input [B, N, mlp]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def single_out(self, i: int, h: torch.Tensor, adapters: tuple) -> torch.Tensor:
         """[B, N, D + mlp] (attention output, MLP activations) -> [B, N, D]."""
-        raise NotImplementedError
 
     # -- output ----------------------------------------------------------------------------------
+    @abstractmethod
     def final(self, x: torch.Tensor, vec: torch.Tensor, adapters: tuple) -> torch.Tensor:
         """Final AdaLN and projection: [B, N, D] -> [B, N, out_channels]."""
-        raise NotImplementedError
 
     # -- what the engine's helpers need to know ---------------------------------------------------
     def check_adapters(self, adapters: set) -> None:

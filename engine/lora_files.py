@@ -97,8 +97,8 @@ def read_lora(path: str, input_name: str) -> LoraState:
     return state
 
 
-def check_lora_pairs(state: dict, file_name: str, input_name: str) -> None:
-    """Every layer has both lora_A and lora_B, as 2-D matrices whose ranks agree (lora_A's rows,
+def check_lora_pairs(state: dict, file_name: str, input_name: str) -> dict:
+    """{layer key without '.lora_A/B...': (lora_A, lora_B)} after checking that every layer has both lora_A and lora_B, as 2-D matrices whose ranks agree (lora_A's rows,
     lora_B's columns), and the rank the file's metadata gives that layer (``r`` /
     ``rank_pattern``), if any: a damaged file fails here, naming the layer, instead of as a
     ``size mismatch`` deep inside peft's ``load_state_dict``."""
@@ -128,6 +128,7 @@ def check_lora_pairs(state: dict, file_name: str, input_name: str) -> None:
                 raise InputError(input_name, f"'{file_name}': layer '{module_name}' has rank {down.shape[0]}, but the "
                                              f"file's LoRA config metadata says rank {want}; the file is damaged. "
                                              "Use an intact LoRA file (re-save or re-download it).")
+    return {layer: (down, ups[layer]) for layer, down in downs.items()}
 
 
 def check_lora_fits(transformer: nn.Module, state: dict, path: str, input_name: str) -> None:

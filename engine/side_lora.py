@@ -12,7 +12,6 @@ that land swapped.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Optional, Union
 import torch
 
 from ..loading.bfl_keys import bfl_lora_target
+from .lora_files import check_lora_pairs
 from ..renderers.errors import InputError
 
 
@@ -49,17 +49,9 @@ class SideLoRAs:
         scale: the factor on ``lora_B @ lora_A``: one number, or per layer {diffusers module
         name (no ``transformer.`` prefix): alpha / rank} as ``read_lora(...).scales`` gives it
         (layers it leaves out: 1.0)."""
-        from .lora_files import check_lora_pairs
-        check_lora_pairs(state, file_name, input_name)     # one check for both paths: pairs, ranks, metadata
         parts: dict[str, list[LoRAPart]] = {}
-        downs = {k.split(".lora_A.")[0]: v for k, v in state.items() if ".lora_A." in k}
-        ups = {k.split(".lora_B.")[0]: v for k, v in state.items() if ".lora_B." in k}
-        if set(downs) != set(ups):
-            odd = sorted(set(downs) ^ set(ups))[:3]
-            raise InputError(input_name, f"'{file_name}' has layers with only one of lora_A / lora_B (e.g. {odd}); "
-                                         "the file is incomplete.")
-        for name, down in downs.items():
-            up = ups[name]
+        # one check for both paths (pairs, ranks, metadata), shared with the peft path
+        for name, (down, up) in check_lora_pairs(state, file_name, input_name).items():
             module_name = re.sub(r"^(transformer\.)", "", name)
             target = bfl_lora_target(module_name)
             if target is None:
@@ -71,10 +63,6 @@ class SideLoRAs:
             if module is None:
                 raise InputError(input_name, f"'{file_name}' targets layer '{module_name}', which this Flux model "
                                              "does not have (a LoRA for a deeper model?).")
-            if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
-                raise InputError(input_name, f"'{file_name}': layer '{module_name}' has lora_A {tuple(down.shape)} "
-                                             f"and lora_B {tuple(up.shape)}, whose ranks disagree; the file is "
-                                             "damaged or not a LoRA.")
             if down.shape[1] != module.in_features:
                 raise InputError(input_name, f"'{file_name}' is for a model of another size: layer '{module_name}' "
                                              f"takes {module.in_features} features in this model, the LoRA has "
@@ -127,12 +115,3 @@ class SideLoRAs:
                 out[..., p.offset:p.offset + p.up.shape[0]] += (d * p.scale).to(out.dtype)
         return out
 
-
-def read_side_lora(path: str, input_name: str) -> dict:
-    """A diffusers-layout LoRA file -> {key: tensor} (a ``LoraState``: its ``.scales`` go to
-    :meth:`SideLoRAs.add`'s ``scale``), read with safetensors only."""
-    from ..engine.lora_files import read_lora
-    name = os.path.basename(path)
-    if not path.endswith(".safetensors"):
-        raise InputError(input_name, f"'{name}': LoRA weights load from .safetensors files only.")
-    return read_lora(path, input_name)

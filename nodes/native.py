@@ -96,8 +96,7 @@ def runtime(model, vae, input_name: str = "model") -> FluxRuntime:
     device = model.load_device
     try:
         return host_runtime(module, compute_dtype(model), device, codec,
-                            load=lambda memory, *modules: _loaded(model, device, memory, modules),
-                            label=type(module).__name__)
+                            load=lambda memory, *modules: _loaded(model, device, memory, modules))
     except ValueError as exc:
         raise InputError(input_name, f"{exc}.") from None
 

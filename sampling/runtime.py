@@ -10,6 +10,7 @@ can evict other models first). Text arrives already encoded, as a :class:`TextCo
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -49,19 +50,20 @@ class TextConditioning:
         return rows(self.embeds), rows(self.pooled), torch.zeros(self.embeds.shape[1], 3, device=device, dtype=dtype)
 
 
-class LatentCodec:
+class LatentCodec(ABC):
     """images [V, H, W, 3] in [0, 1] <-> latents [V, 16, H/8, W/8] in the model's space (the
     VAE's latents shifted and scaled as the transformer was trained on)."""
     channels: int = 16
     #: whether :meth:`encode` can draw from the posterior (mode 'sample'), not only its mean
     can_sample: bool = False
 
+    @abstractmethod
     def encode(self, images: torch.Tensor, generator: torch.Generator, mode: str) -> torch.Tensor:
-        raise NotImplementedError
+        """images [V, H, W, 3] in [0, 1] -> latents [V, C, H/8, W/8]; mode 'mean' or 'sample'."""
 
+    @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """-> images [B, H, W, 3] float32 in [0, 1] on the CPU."""
-        raise NotImplementedError
 
 
 class DiffusersCodec(LatentCodec):
@@ -125,7 +127,6 @@ class FluxRuntime:
     load: Callable = None
     load_codec: Callable = None
     make_layers: Optional[Callable] = None
-    label: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -144,8 +145,7 @@ class FluxRuntime:
         return self.make_layers(side)
 
 
-def host_runtime(module, dtype, device, codec: LatentCodec, load: Optional[Callable] = None,
-                 label: str = "") -> FluxRuntime:
+def host_runtime(module, dtype, device, codec: LatentCodec, load: Optional[Callable] = None) -> FluxRuntime:
     """A runtime over a host's BFL-layout Flux module (ComfyUI's ``diffusion_model``), computing
     in ``dtype`` on ``device``; ``load(memory_bytes, *modules)`` is the host's memory manager."""
     from ..engine.bfl_layers import BFLFluxLayers
@@ -155,7 +155,7 @@ def host_runtime(module, dtype, device, codec: LatentCodec, load: Optional[Calla
         return BFLFluxLayers(module, dtype, device, side.to(device, dtype))
 
     return FluxRuntime(layers=layers, codec=codec, scheduler_config=default_scheduler_config(layers.has_guidance),
-                       device=torch.device(device), load=load, make_layers=make_layers, label=label)
+                       device=torch.device(device), load=load, make_layers=make_layers)
 
 
 def default_scheduler_config(guidance: bool) -> dict:
@@ -173,7 +173,7 @@ def runtime_from_pipeline(pipe, offload=None) -> FluxRuntime:
         load = load_codec = None
     return FluxRuntime(layers=flux_layers(pipe.transformer), codec=DiffusersCodec(pipe.vae),
                        scheduler_config=dict(pipe.scheduler.config), device=torch.device(device), load=load,
-                       load_codec=load_codec, label="pipeline", extra={"pipeline": pipe, "offload": offload})
+                       load_codec=load_codec, extra={"pipeline": pipe, "offload": offload})
 
 
 def as_runtime(model, offload=None) -> FluxRuntime:

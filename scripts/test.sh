@@ -27,7 +27,7 @@ else
   echo "== ComfyUI 0.33: native-model tests (in its own venv) and end-to-end tests =="
   PY33=$PWD/.cache/host-0.33/venv/bin/python
   COMFY_DIR=$PWD/.cache/host-0.33/ComfyUI COMFY_PYTHON=$PY33 REALIZ3D_HOST=0.33 \
-    $PY33 -m pytest tests/unit/test_native_model.py tests/e2e/test_native.py tests/e2e/test_templates.py \
+    $PY33 -m pytest tests/unit/test_native_model.py tests/unit/test_native_loaders.py tests/e2e/test_native.py tests/e2e/test_templates.py \
       tests/e2e/test_refany3d.py::test_template_runs_with_the_tiny_model \
       tests/e2e/test_realiz3d.py::test_multiview_template_with_the_tiny_model \
       tests/e2e/test_realiz3d.py::test_texturing_template_with_the_tiny_model || status=1
