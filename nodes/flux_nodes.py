@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from ..loading import ComponentCache, Offload, load_pipeline_folder, load_single_files
 from ..renderers.errors import InputError
 from .common import CATEGORY, PREFIX, FluxClipType, FluxType, FluxVaeType
-from .paths import list_model_folders, model_path, register_model_folder
+from .paths import choices_valid, list_model_folders, model_path, register_model_folder
 
 log = logging.getLogger(__name__)
 SOURCES = ("diffusers folder", "single files")
@@ -21,6 +21,9 @@ BUILTIN_TOKENIZER = "(ComfyUI built-in)"
 #: first option of every file dropdown: a template for one source names no file of the other,
 #: so a host that validates every dropdown value (0.33) accepts it whatever files a user has
 NOT_USED = "(not used)"
+#: the ComfyUI model folder each file dropdown lists
+FOLDER_OF = {"diffusers_model": "diffusers", "transformer": "diffusion_models", "vae": "vae", "clip": "text_encoders",
+             "t5": "text_encoders", "clip_tokenizer": "tokenizers", "t5_tokenizer": "tokenizers"}
 #: Loaded models held weakly: ComfyUI's cache of node outputs owns them, so a repeated prompt
 #: or a second loader of the same files reuses one copy, and freeing ComfyUI's caches frees it.
 MODELS = ComponentCache(weak=True)
@@ -98,6 +101,14 @@ class LoadFluxModel(io.ComfyNode):
             outputs=[FluxType.Output(display_name="model"), FluxClipType.Output(display_name="clip"),
                      FluxVaeType.Output(display_name="vae")],
         )
+
+    @classmethod
+    def validate_inputs(cls, diffusers_model=None, transformer=None, vae=None, clip=None, t5=None,
+                        clip_tokenizer=None, t5_tokenizer=None):
+        return choices_valid(lambda value, name: model_path(FOLDER_OF[name], value, name),
+                             {"diffusers_model": diffusers_model, "transformer": transformer, "vae": vae, "clip": clip,
+                              "t5": t5, "clip_tokenizer": clip_tokenizer, "t5_tokenizer": t5_tokenizer},
+                             allowed=(NOT_USED, BUILTIN_TOKENIZER))
 
     @classmethod
     def execute(cls, source, diffusers_model, transformer, vae, clip, t5, clip_tokenizer, t5_tokenizer, dtype,

@@ -5,8 +5,9 @@ No ComfyUI import here: the node modules pass in ComfyUI's folders, so this is t
 from __future__ import annotations
 
 import os
+from typing import Callable
 
-from ..renderers.errors import InputError
+from ..renderers.errors import DISPLAY_NAME, InputError
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Dropdown entry for the mesh bundled with the pack, so example workflows run on a fresh install.
@@ -144,6 +145,34 @@ def model_path(kind: str, name: str, input_name: str) -> str:
         if os.path.exists(path):
             return path
     raise InputError(input_name, f"'{name}' was not found in ComfyUI's models/{kind} folder(s).")
+
+
+def choices_valid(check: Callable[[str, str], object], choices: dict, allowed: tuple[str, ...] = ()) -> bool | str:
+    """A node's ``validate_inputs`` for its file dropdowns: True when ``check(value, input_name)``
+    passes for every chosen name, else the pack's message (the InputError) for the first that
+    does not.
+
+    A node that validates an input itself takes it off the host's own list check (ComfyUI 0.33
+    checks every dropdown value against its options and would answer a generic "Value not in
+    list" first), so a bad name gets the message that says what is wrong and how to fix it, and a
+    file added after the page loaded is accepted. ``choices`` maps input names to values; None
+    (the input is linked, its value unknown before the run) and ``allowed`` entries such as
+    "(not used)" pass. Checks only look at names and the file system; files load at run time."""
+    try:
+        for input_name, value in choices.items():
+            if value is None or value in allowed:
+                continue
+            if not isinstance(value, str):
+                raise InputError(input_name, f"must be a file name (got {type(value).__name__}).")
+            check(value, input_name)
+    except InputError as exc:
+        return f"{DISPLAY_NAME}: {exc}"     # as the host shows the same error at run time
+    return True
+
+
+def model_files_valid(kind: str, choices: dict, allowed: tuple[str, ...] = ()) -> bool | str:
+    """:func:`choices_valid` for files in ComfyUI's models/``kind`` folders."""
+    return choices_valid(lambda value, input_name: model_path(kind, value, input_name), choices, allowed)
 
 
 def register_model_folder(kind: str) -> None:

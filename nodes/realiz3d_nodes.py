@@ -20,7 +20,7 @@ from . import native
 from .common import (CATEGORY, PREFIX, CamerasType, ControlType, MeshType, ScheduleType, ShifterType, ViewsType,
                      conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
-from .paths import model_path, register_model_folder
+from .paths import model_files_valid, model_path, register_model_folder
 
 SHIFTERS = "realiz3d_shifters"
 NO_TARGET = "(none)"
@@ -91,6 +91,10 @@ class LoadDomainShifter(io.ComfyNode):
                     io.Combo.Input("shifter", options=files, default=files[0],
                                    tooltip="A .safetensors shifter file written by Train Domain Shifter.")],
             outputs=[ShifterType.Output(display_name="shifter")])
+
+    @classmethod
+    def validate_inputs(cls, shifter=None):
+        return model_files_valid(SHIFTERS, {"shifter": shifter})
 
     @classmethod
     def execute(cls, model, shifter) -> io.NodeOutput:
@@ -172,6 +176,10 @@ class LoadControlLoRA(io.ComfyNode):
                                    tooltip="Stage 2's target LoRA (NAME_target.safetensors from Train Control), "
                                            "or none.")],
             outputs=[ControlType.Output(display_name="control")])
+
+    @classmethod
+    def validate_inputs(cls, lora=None, target_lora=None):
+        return model_files_valid("loras", {"lora": lora, "target_lora": target_lora}, allowed=(NO_TARGET,))
 
     @classmethod
     def execute(cls, model, lora, target_lora=NO_TARGET) -> io.NodeOutput:

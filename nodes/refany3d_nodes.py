@@ -15,7 +15,7 @@ from . import native
 from .common import (CATEGORY, PREFIX, MeshType, PointCloudType, RefAny3DType, RenderType, check_cancel,
                      conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
-from .paths import model_path, register_model_folder
+from .paths import model_files_valid, model_path, register_model_folder
 
 FOLDER = "refany3d"
 
@@ -55,6 +55,11 @@ class LoadRefAny3D(io.ComfyNode):
             ],
             outputs=[RefAny3DType.Output(display_name="refany3d")],
         )
+
+    @classmethod
+    def validate_inputs(cls, reference_lora=None, domain_lora=None, domain_embedder=None):
+        return model_files_valid(FOLDER, {"reference_lora": reference_lora, "domain_lora": domain_lora,
+                                          "domain_embedder": domain_embedder})
 
     @classmethod
     def execute(cls, model, reference_lora, domain_lora, domain_embedder) -> io.NodeOutput:

@@ -20,7 +20,7 @@ from PIL import Image
 from ..renderers.errors import InputError
 from .common import CATEGORY, PREFIX, ControlType, FluxType, ShifterType
 from .flux_nodes import require_model
-from .paths import model_path, register_model_folder, resolve_inside
+from .paths import model_files_valid, model_path, register_model_folder, resolve_inside
 
 log = logging.getLogger(__name__)
 SHIFTERS, LORAS, REFANY3D = "realiz3d_shifters", "loras", "refany3d"
@@ -250,6 +250,10 @@ class TrainControl(io.ComfyNode):
             outputs=[ControlType.Output(display_name="control"), io.Image.Output(display_name="loss_curve")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, shifter=None):
+        return model_files_valid(SHIFTERS, {"shifter": shifter}, allowed=(NO_SHIFTER,))
 
     @classmethod
     def execute(cls, model, shifter, baseline, real_folder, synthetic_folder, meshes_folder, caption, real_ratio,

@@ -144,11 +144,16 @@ class ComfyServer:
 
 
 def error_message(history: dict) -> str:
-    """The execution error text of a failed prompt ('' if none)."""
+    """The error text of a failed prompt ('' if none): the execution error, or for a prompt refused
+    at validation the message of a node's own check (``validate_inputs``), else the whole reply."""
     for kind, data in history.get("status", {}).get("messages", []):
         if kind == "execution_error":
             return f"{data.get('exception_type', '')}: {data.get('exception_message', '')}"
     if "error" in history:   # validation failure reply from /prompt
+        for node in history.get("node_errors", {}).values():
+            for e in node.get("errors", []):
+                if e.get("type") == "custom_validation_failed" and " - " in e.get("details", ""):
+                    return e["details"].split(" - ", 1)[1]
         return json.dumps(history)
     return ""
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE, list_files, resolve_inside
+from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE, choices_valid, list_files, resolve_inside
 from realiz3d.renderers import InputError, bundle_points, orbit_rig, render_views, write_ply
 from meshes import colored_box
 
@@ -85,3 +85,20 @@ def test_bundled_sample_matches_its_generator(tmp_path):
     np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)
     np.testing.assert_array_equal(a.faces, b.faces)
     np.testing.assert_array_equal(a.parts[0].texture, b.parts[0].texture)
+
+
+def test_dropdown_validation_gives_the_packs_message_for_the_first_bad_choice(folders):
+    """What a node's validate_inputs returns to the host: True, or the pack's message naming the
+    input (a host that validates dropdowns shows it instead of its generic 'Value not in list')."""
+    def exists(value, input_name):
+        path = resolve_inside(folders, value, input_name)
+        if not os.path.isfile(path):
+            raise InputError(input_name, f"'{value}' does not exist")
+
+    assert choices_valid(exists, {"a": "b.obj", "b": "3d/a.glb", "linked": None}) is True
+    assert choices_valid(exists, {"a": "(none)"}, allowed=("(none)",)) is True
+    msg = choices_valid(exists, {"a": "b.obj", "b": "../outside/secret.obj", "c": "nope.obj"})
+    assert msg.startswith("Realiz3D input error: b: ") and "points outside" in msg, msg
+    assert choices_valid(exists, {"c": "nope.obj"}) == "Realiz3D input error: c: 'nope.obj' does not exist"
+    assert "link to a file outside" in choices_valid(exists, {"d": "link.obj"})
+    assert "must be a file name" in choices_valid(exists, {"e": 3})
