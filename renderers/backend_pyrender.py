@@ -1,32 +1,36 @@
-"""Visibility by OpenGL rasterisation through pyrender, offscreen (EGL, else OSMesa).
+"""Visibility by OpenGL rasterisation through pyrender in this process (offscreen: EGL, else OSMesa).
 
-One flat-shaded pass per view writes each face's id + 1 into RGB (24 bits, exact: flat colours
-are not interpolated across a face and nothing is multisampled). pyrender allocates its
-offscreen framebuffer with 4x multisampling, whose resolve would average ids at every edge;
-while our renderer creates its framebuffer a thread-local switch asks for one sample instead,
-so other users of pyrender in the same process keep their multisampling.
+The rasterisation itself is ``gl_worker_render.py``, which the GL worker process runs too: both
+routes give the same face ids. In-process GL is the fastest route in a process that has no GL of
+its own; a host that loaded a GL stack first (ComfyUI 0.33 loads ANGLE) breaks it, which
+:func:`foreign_gl` detects so that ``auto`` renders in the worker there instead.
 """
 from __future__ import annotations
 
 import ctypes.util
 import os
+import re
+import sys
 import threading
 
 import numpy as np
 
 from .cameras import Camera
 from .errors import InputError
+from .gl_worker import camera_dict
+from .gl_worker_render import MAX_FACES, FaceIdRenderer, GLUnavailable
 from .mesh import is_closed
 
-_local = threading.local()
 _lock = threading.Lock()
-_renderer = None          # one offscreen context, reused across calls (creating one costs ~0.1 s)
-_patched = False
+_renderer: FaceIdRenderer | None = None   # one offscreen context for the process, reused across calls
+_failure: str | None = None               # why in-process GL failed (it does not recover in a process)
+_foreign_before_ours: str | None = None   # what foreign_gl() said when this module loaded GL
+_GL_LIBRARY = re.compile(r"^lib(EGL|GLESv1_CM|GLESv2|GL|GLX|OpenGL|OSMesa)([_.].*)?\.so(\.|$)")
 
 
 def gl_platform() -> str | None:
-    """The PyOpenGL platform to use: PYOPENGL_PLATFORM if set, else 'egl' or 'osmesa' when their
-    libraries exist, else None (no offscreen GL on this machine)."""
+    """The PyOpenGL platform for in-process GL: PYOPENGL_PLATFORM if set, else 'egl' or 'osmesa'
+    when their libraries exist, else None (no offscreen GL on this machine)."""
     if os.environ.get("PYOPENGL_PLATFORM"):
         return os.environ["PYOPENGL_PLATFORM"]
     if ctypes.util.find_library("EGL"):
@@ -36,97 +40,82 @@ def gl_platform() -> str | None:
     return None
 
 
-def _import_pyrender():
-    platform = gl_platform()
-    if platform is None:
-        raise InputError("backend", "pyrender needs offscreen OpenGL (libEGL or libOSMesa) and neither was "
-                                    "found. Install Mesa's EGL (Debian: libegl1 libegl-mesa0) or use the "
-                                    "'raycast' backend.")
-    os.environ.setdefault("PYOPENGL_PLATFORM", platform)   # must precede the first OpenGL import
+def mapped_gl_libraries() -> list[str]:
+    """Paths of GL libraries (EGL, GLES, GL, GLX, OSMesa, ANGLE's) mapped into this process
+    (Linux: /proc/self/maps; elsewhere an empty list)."""
     try:
-        import pyrender
-    except Exception as exc:
-        raise InputError("backend", f"pyrender could not be imported ({exc}); use the 'raycast' backend "
-                                    "or install pyrender.") from exc
-    _patch_multisampling(pyrender)
-    return pyrender
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if line.count(" ") >= 5 and "/" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if "comfy_angle" in p or _GL_LIBRARY.match(os.path.basename(p)))
 
 
-def _patch_multisampling(pyrender) -> None:
-    global _patched
-    if _patched:
-        return
-    original = pyrender.renderer.glRenderbufferStorageMultisample
-
-    def storage(target, samples, fmt, width, height):
-        return original(target, 0 if getattr(_local, "single_sample", False) else samples, fmt, width, height)
-
-    pyrender.renderer.glRenderbufferStorageMultisample = storage
-    _patched = True
-
-
-def _get_renderer(pyrender, width: int, height: int):
-    global _renderer
-    if _renderer is None:
-        try:
-            _renderer = pyrender.OffscreenRenderer(width, height)
-        except Exception as exc:
-            raise InputError("backend", f"no offscreen OpenGL context could be created with "
-                                        f"PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')} ({exc}). "
-                                        "Use the 'raycast' backend, or install Mesa (EGL or OSMesa).") from exc
-    _renderer.viewport_width, _renderer.viewport_height = width, height
-    return _renderer
+def foreign_gl() -> str | None:
+    """Why this process's GL belongs to someone else (None when the pack may use GL here): a GL
+    library already mapped, PyOpenGL already imported, or PYOPENGL_PLATFORM set, by the host or
+    another pack before the pack's own in-process GL. What this module loaded itself is ours."""
+    if _renderer is not None or _failure is not None:
+        return _foreign_before_ours
+    reasons = []
+    libs = mapped_gl_libraries()
+    if libs:
+        shown = ["/".join(p.split("/")[-3:]) for p in libs[:4]]
+        reasons.append("GL libraries already loaded: " + ", ".join(shown))
+    if "OpenGL" in sys.modules:
+        reasons.append("PyOpenGL already imported")
+    if os.environ.get("PYOPENGL_PLATFORM"):
+        reasons.append(f"PYOPENGL_PLATFORM={os.environ['PYOPENGL_PLATFORM']} set")
+    return "; ".join(reasons) or None
 
 
-def id_scene(pyrender, vertices: np.ndarray, faces: np.ndarray, cull_back_faces: bool):
-    """A pyrender Scene holding the mesh unindexed, each face coloured by its id + 1.
-
-    Back faces are culled on closed meshes: there they are never visible, and culling stops a
-    back face from winning the depth tie on a silhouette edge shared with a front face."""
-    ids = np.repeat(np.arange(1, len(faces) + 1, dtype=np.int64), 3)
-    color = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255, np.full_like(ids, 255)], axis=1)
-    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], doubleSided=not cull_back_faces)
-    prim = pyrender.Primitive(positions=vertices[faces].reshape(-1, 3).astype(np.float32),
-                              color_0=color.astype(np.uint8), material=material, mode=4)
-    scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
-    scene.add(pyrender.Mesh([prim]))
-    return scene
+def in_process_renderer() -> FaceIdRenderer:
+    """The process's offscreen GL renderer; InputError naming what failed when there is none."""
+    global _renderer, _failure, _foreign_before_ours
+    with _lock:
+        if _renderer is not None:
+            return _renderer
+        if _failure is None:
+            foreign = foreign_gl()
+            platform = gl_platform()
+            if platform is None:
+                _failure = "neither libEGL nor libOSMesa was found"
+            else:
+                before = os.environ.get("PYOPENGL_PLATFORM")
+                try:
+                    _renderer = FaceIdRenderer(platform)
+                except GLUnavailable as exc:
+                    _failure = f"PYOPENGL_PLATFORM={platform}: {exc}"
+                finally:      # the platform is fixed now; leave the environment as it was
+                    if before is None:
+                        os.environ.pop("PYOPENGL_PLATFORM", None)
+                    else:
+                        os.environ["PYOPENGL_PLATFORM"] = before
+            _foreign_before_ours = foreign
+            if _renderer is not None:
+                return _renderer
+            if foreign:
+                _failure += (f". This process has a GL stack of its own ({foreign}): use 'pyrender' or "
+                             "'auto', which render in the pack's GL worker process here")
+            else:
+                _failure += (". Use 'pyrender' (tries the GL worker too) or 'raycast'; Mesa provides EGL "
+                             "(Debian: libegl1 libegl-mesa0) and OSMesa (libosmesa6)")
+        raise InputError("backend", f"pyrender (in-process) has no offscreen OpenGL: {_failure}.")
 
 
 class PyrenderVisibility:
-    """Face-id images of one mesh from many cameras."""
-
-    name = "pyrender"
+    """Face-id images of one mesh from many cameras, rendered with GL in this process."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray):
-        if len(faces) >= 2 ** 24 - 1:
+        if len(faces) > MAX_FACES:
             raise InputError("mesh", f"has {len(faces)} faces; the pyrender backend handles up to 16.7M. "
                                      "Decimate the mesh or use the 'raycast' backend.")
-        self._pyrender = _import_pyrender()
+        self._gl = in_process_renderer()            # fails here, not mid-render, when GL is broken
         with _lock:
-            _get_renderer(self._pyrender, 1, 1)   # fail here, not mid-render, when GL is broken
-        self._scene = id_scene(self._pyrender, vertices, faces, is_closed(vertices, faces))
-        self._cam_node = None
+            self._scene = self._gl.scene(vertices, faces, is_closed(vertices, faces))
+        self.name = f"pyrender (in-process, {self._gl.platform})"
 
     def face_ids(self, camera: Camera, width: int, height: int) -> np.ndarray:
         """int32 [H, W]: the face seen at each pixel centre, -1 for background."""
-        pr = self._pyrender
-        if camera.projection == "perspective":
-            cam = pr.PerspectiveCamera(yfov=camera.yfov, aspectRatio=width / height,
-                                       znear=camera.znear, zfar=camera.zfar)
-        else:
-            half = camera.ortho_height / 2.0
-            cam = pr.OrthographicCamera(xmag=half * width / height, ymag=half, znear=camera.znear, zfar=camera.zfar)
-        if self._cam_node is not None:
-            self._scene.remove_node(self._cam_node)
-        self._cam_node = self._scene.add(cam, pose=camera.cam_to_world)
         with _lock:
-            _local.single_sample = True
-            try:
-                r = _get_renderer(pr, width, height)
-                color, _ = r.render(self._scene, flags=pr.RenderFlags.FLAT | pr.RenderFlags.RGBA)
-            finally:
-                _local.single_sample = False
-        c = color.astype(np.int32)
-        ids = c[..., 0] | (c[..., 1] << 8) | (c[..., 2] << 16)
-        return (ids - 1).astype(np.int32)      # background is cleared to 0, i.e. -1 (OSMesa gives RGB only)
+            return self._gl.face_ids(self._scene, camera_dict(camera), width, height)

@@ -82,10 +82,20 @@ fi
 t "ComfyUI requirements"
 grep -v -E '^(torch|torchvision|torchaudio)\b' ComfyUI/requirements.txt > comfy-req.txt
 $PY -m pip install -q -r comfy-req.txt requests
+# pyrender2 (the maintained fork: PyOpenGL >= 3.1.9, which has OSMesa's entry points and suits
+# 0.33's own PyOpenGL >= 3.1.8) installs the same pyrender/ package as the old pyrender 0.1.45
+# (which pins PyOpenGL 3.1.0): remove the old distribution first, or the two overwrite each other
+# (and pyrender2 too, whose files removing the old one would delete: it is reinstalled below).
+if $PY -m pip show -q pyrender >/dev/null 2>&1; then
+  t "removing the old pyrender distribution"; $PY -m pip uninstall -y -q pyrender pyrender2 2>&1 | grep -v "not installed" || true
+fi
 t "pack requirements"
 $PY -m pip install -q -r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt"
-# pyrender pins PyOpenGL 3.1.0, which lacks the OSMesa entry points; 3.1.10 works for EGL too.
-$PY -m pip install -q "PyOpenGL==3.1.10" 2>&1 | grep -v -i "incompatible\|dependency resolver" || true
+if [ "$HOST" = 0.3.75 ]; then
+  # 0.33 loads ANGLE's EGL/GLES into the server process (comfy_extras/nodes_glsl.py); with
+  # comfy-angle here the tests reproduce that process on this host too
+  t "comfy-angle (for the GL isolation tests)"; $PY -m pip install -q comfy-angle
+fi
 
 if [ "$HOST" = 0.33 ]; then
   # 0.33 imports torchaudio from comfy/sd.py; its Python parts suffice (the CUDA-linked .so files
@@ -98,6 +108,6 @@ fi
 t "torchvision CPU shim"
 SP=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$REPO/scripts/tv_cpu_shim.py" "$SP/" && echo "import tv_cpu_shim" > "$SP/tv_cpu_shim.pth"
-$PY -c "import torch, torchvision, pyrender, trimesh; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+$PY -c "import torch, torchvision, pyrender, OpenGL, trimesh; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'pyrender', pyrender.__version__, 'PyOpenGL', OpenGL.__version__)"
 echo "$HASH" > .stamp
 t "done: $DEST"

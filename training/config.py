@@ -28,7 +28,7 @@ RESIZE_MODES = ("crop", "error")
 BAD_SAMPLE_POLICIES = ("skip", "stop")
 RENDER_IMAGES = ("albedo", "lit")
 VARIANTS = ("bias", "token")
-BACKENDS = ("auto", "pyrender", "raycast")
+BACKENDS = ("auto", "pyrender", "pyrender (worker)", "pyrender (in-process)", "raycast")   # renderers.BACKENDS
 LORA_INITS = ("auto", "gaussian", "kaiming")
 #: SPEC.md section 2: RefAny3D's LoRA targets, the image-stream modules of the blocks (also used for
 #: Realiz3D's LoRAs): peft's full-match regex of refany3d/lora_targets.py
