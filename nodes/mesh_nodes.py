@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 
 import folder_paths
-import torch
-from comfy_api.latest import Types, io
+from comfy_api.latest import io
 
-from ..renderers import MESH_EXTENSIONS, load_mesh, mesh_from_arrays
+from ..renderers import MESH_EXTENSIONS, load_mesh
+from ..renderers.mesh_io import check_mesh_file
 from ..renderers import normalize as normalize_mesh
 from .common import CATEGORY, PREFIX, MeshType
-from .paths import BUNDLED_FILES, list_files, resolve_inside
+from .native_mesh import batch_index_input, to_mesh, to_native
+from .paths import BUNDLED_FILES, choices_valid, list_files, resolve_inside
 
 
 class LoadMesh(io.ComfyNode):
@@ -36,9 +37,16 @@ class LoadMesh(io.ComfyNode):
                                upload=io.UploadType.model),
                 io.Mesh.Input("mesh", optional=True,
                               tooltip="Optional native MESH (e.g. from a 3D generator). When connected it is "
-                                      "used instead of mesh_file (first item of a batch)."),
+                                      "used instead of mesh_file: item batch_index of a batch, with its UVs, "
+                                      "texture, vertex colours and normals where the host's MESH has them."),
+                batch_index_input(),
             ],
-            outputs=[MeshType.Output(display_name="mesh"), io.Mesh.Output(display_name="MESH"),
+            outputs=[MeshType.Output(display_name="mesh"),
+                     io.Mesh.Output(display_name="MESH",
+                                    tooltip="The mesh as ComfyUI's native MESH (in the frame above), for Save 3D "
+                                            "Model, Preview 3D, Render Mesh...: with UVs, one texture (several "
+                                            "parts' textures packed into an atlas) and vertex colours on hosts "
+                                            "whose MESH has them (0.33+), geometry only on older ones."),
                      io.String.Output(display_name="notes",
                                       tooltip="What the loader could not honour, one note a line (e.g. a "
                                               "missing .mtl or texture: the mesh is then grey); empty when "
@@ -46,10 +54,14 @@ class LoadMesh(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, normalize: bool, mesh_file: str, mesh=None) -> io.NodeOutput:
+    def validate_inputs(cls, mesh_file=None):
+        return choices_valid(lambda name, input_name: check_mesh_file(_mesh_path(name), input_name),
+                             {"mesh_file": mesh_file})
+
+    @classmethod
+    def execute(cls, normalize: bool, mesh_file: str, mesh=None, batch_index: int = 0) -> io.NodeOutput:
         if mesh is not None:
-            result = mesh_from_arrays(mesh.vertices[0].cpu().numpy(), mesh.faces[0].cpu().numpy(),
-                                      input_name="mesh")
+            result = to_mesh(mesh, batch_index)
         elif mesh_file in BUNDLED_FILES:
             path = BUNDLED_FILES[mesh_file]
             result = load_mesh(path, "mesh_file", root=os.path.dirname(path), root_name="the pack's assets folder")
@@ -59,12 +71,12 @@ class LoadMesh(io.ComfyNode):
                                root_name="ComfyUI's input folder")
         if normalize:
             result = normalize_mesh(result)
-        native = Types.MESH(torch.from_numpy(result.vertices).float()[None],
-                            torch.from_numpy(result.faces)[None])
-        return io.NodeOutput(result, native, "\n".join(result.notes))
+        notes = list(result.notes)
+        native = to_native(result, notes)
+        return io.NodeOutput(result, native, "\n".join(notes))
 
     @classmethod
-    def fingerprint_inputs(cls, normalize, mesh_file, mesh=None):
+    def fingerprint_inputs(cls, normalize, mesh_file, mesh=None, batch_index=0):
         # re-run when the file changes on disk, not only when its name does
         if mesh is None:
             try:

@@ -17,9 +17,10 @@ from ..renderers.errors import InputError
 from ..sampling.multiview import CONTROL_KINDS, generate_multiview
 from ..sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
 from . import native
-from .common import (CATEGORY, PREFIX, CamerasType, ControlType, MeshType, ScheduleType, ShifterType, ViewsType,
+from .common import (CATEGORY, PREFIX, CamerasType, ControlType, ScheduleType, ShifterType, ViewsType,
                      conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
+from .native_mesh import as_mesh, mesh_input
 from .paths import model_files_valid, model_path, register_model_folder
 
 SHIFTERS = "realiz3d_shifters"
@@ -235,7 +236,8 @@ class MultiviewGenerate(io.ComfyNode):
             description="Views of a mesh generated jointly as one grid image under the grid of its geometry "
                         "maps, then split into views that keep their cameras (for Bake Texture).",
             inputs=[model_input(), conditioning_input(), vae_input(),
-                    MeshType.Input("mesh", tooltip="From Load Mesh (normalised)."),
+                    mesh_input("From Load Mesh (normalised), or a native MESH (its first item; Load Mesh picks "
+                               "another and normalises it)."),
                     CamerasType.Input("cameras", tooltip="From Camera Rig: one view per camera."),
                     io.Combo.Input("control_map", options=list(CONTROL_KINDS), default="normal",
                                    tooltip="Geometry map used as control: camera-frame normals, point map, depth."),
@@ -249,6 +251,7 @@ class MultiviewGenerate(io.ComfyNode):
     def execute(cls, model, positive, vae, mesh, cameras, control_map, view_size, columns, steps, guidance, seed,
                 control=None, shifter=None, schedule=None) -> io.NodeOutput:
         s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
+        mesh = as_mesh(mesh)
         views, _ = generate_multiview(native.runtime(model, vae), mesh, cameras, native.text_conditioning(positive),
                                       s, view_size, columns, control_map, shifters=shifter,
                                       schedule=_schedule(schedule, model, steps), progress=progress(steps),

@@ -12,9 +12,10 @@ from ..refany3d import RefAny3DSettings, attach_refany3d, point_clouds, sample, 
 from ..refany3d.conditions import condition_views
 from ..renderers.errors import InputError
 from . import native
-from .common import (CATEGORY, PREFIX, MeshType, PointCloudType, RefAny3DType, RenderType, check_cancel,
+from .common import (CATEGORY, PREFIX, PointCloudType, RefAny3DType, RenderType, check_cancel,
                      conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
+from .native_mesh import as_mesh, mesh_input
 from .paths import model_files_valid, model_path, register_model_folder
 
 FOLDER = "refany3d"
@@ -85,10 +86,10 @@ class RefAny3DSample(io.ComfyNode):
                 RefAny3DType.Input("refany3d", tooltip="From Load RefAny3D (the model travels with it)."),
                 conditioning_input(),
                 vae_input(),
-                MeshType.Input("mesh", optional=True,
-                               tooltip="Reference mesh from Load Mesh. Its conditions are always rendered from the "
-                                       "normalised mesh, as RefAny3D does, whatever Load Mesh's normalize says; the "
-                                       "point map decodes into the mesh file's own frame. Wins over the view inputs."),
+                mesh_input("Reference mesh from Load Mesh, or a native MESH (its first item). Its conditions are "
+                           "always rendered from the normalised mesh, as RefAny3D does, whatever Load Mesh's "
+                           "normalize says; the point map decodes into the mesh file's own frame. Wins over the "
+                           "view inputs.", optional=True),
                 io.Image.Input("rgb_views", optional=True,
                                tooltip="Pre-rendered unlit RGB views [V, S, S, 3] on white (instead of mesh). "
                                        "Without a render the point map decodes into the [-1, 1] cube, which "
@@ -153,6 +154,7 @@ class RefAny3DSample(io.ComfyNode):
                                                "is rendered at this size and Flux packs 2x2 latent patches of an "
                                                "8x downsampled image. Use 512 (the reference) or another multiple "
                                                "of 16.")
+        mesh = as_mesh(mesh) if mesh is not None else None
         # without a mesh or a render the point map decodes into the [-1, 1] cube (see the tooltips)
         rgb, pts, bounds = condition_views(mesh, rgb_views, point_views, render, views, condition_size)
         settings = RefAny3DSettings(steps=steps, guidance=guidance, image_cfg=image_cfg, width=width, height=height,

@@ -10,7 +10,8 @@ from comfy_api.latest import io
 from ..renderers import (ALBEDO_MODES, BACKENDS, MAX_RESOLUTION, bundle_points, depth_image, normal_image,
                          render_views, write_ply)
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, CamerasType, MeshType, PointCloudType, RenderType, output_file, progress
+from .common import CATEGORY, PREFIX, CamerasType, PointCloudType, RenderType, output_file, progress
+from .native_mesh import as_mesh, batch_index_input, mesh_input
 
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class RenderViews(io.ComfyNode):
             description="Renders every camera's view: RGB, point map, normals, depth and mask, plus a render "
                         "bundle with the float data and cameras for later nodes.",
             inputs=[
-                MeshType.Input("mesh", tooltip="Mesh from Load Mesh."),
+                mesh_input("Mesh from Load Mesh, or a native MESH (rendered in its own frame, not normalised: "
+                           "pass it through Load Mesh to normalise)."),
                 CamerasType.Input("cameras", tooltip="Cameras from Camera Rig."),
                 io.Int.Input("width", default=512, min=1, max=MAX_RESOLUTION, step=8, tooltip="Image width in pixels."),
                 io.Int.Input("height", default=512, min=1, max=MAX_RESOLUTION, step=8, tooltip="Image height in pixels."),
@@ -48,14 +50,19 @@ class RenderViews(io.ComfyNode):
                 io.Float.Input("background", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Grey level behind the object in the RGB image (1 = white, as RefAny3D)."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
-                               tooltip="pyrender: OpenGL offscreen (EGL or OSMesa), fastest. raycast: exact "
-                                       "ray casting with Embree, no GL needed. auto: pyrender when GL works."),
+                               tooltip="Which renderer finds the surface under each pixel (all give the same "
+                                       "images). auto: OpenGL when it works, else raycast. pyrender: OpenGL "
+                                       "(EGL, else OSMesa), in this process when it has no GL of its own, else "
+                                       "in the pack's GL worker process (always so in ComfyUI 0.33, which loads "
+                                       "ANGLE). pyrender (worker) / (in-process): force either. raycast: Embree "
+                                       "on the CPU, no GL. The backend output (and the log) names the one used."),
                 # optional so that API workflows saved before it existed still validate
                 io.Combo.Input("albedo", options=list(ALBEDO_MODES), default="multiplied", optional=True,
                                tooltip="multiplied: glTF's material, base colour factor x texture x vertex colour "
                                        "x face colour. reference: the texture alone when textured, else vertex "
                                        "(or face) colours, else the base colour: RefAny3D's reference renderer, "
                                        "and what its conditions use."),
+                batch_index_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="rgb"),
@@ -64,19 +71,23 @@ class RenderViews(io.ComfyNode):
                 io.Image.Output(display_name="depth"),
                 io.Mask.Output(display_name="mask"),
                 RenderType.Output(display_name="render"),
+                io.String.Output(display_name="backend",
+                                 tooltip="The backend that rendered, e.g. 'pyrender (worker, egl)' or 'raycast'."),
             ],
         )
 
     @classmethod
     def execute(cls, mesh, cameras, width, height, rgb, ambient, normal_frame, smooth_normals, background,
-                backend, albedo="multiplied") -> io.NodeOutput:
+                backend, albedo="multiplied", batch_index=0) -> io.NodeOutput:
         lit = rgb == "lit"
+        mesh = as_mesh(mesh, batch_index)
         bundle = render_views(mesh, cameras, width, height, backend=backend, smooth_normals=smooth_normals,
                               background=(background,) * 3, lit=lit, ambient=ambient, albedo=albedo,
                               progress=progress(len(cameras)))
+        log.info("Render Views: %d views of %d x %d rendered by %s", len(bundle), width, height, bundle.backend)
         return io.NodeOutput(_t(bundle.lit if lit else bundle.albedo), _t(bundle.points_normalized),
                              _t(normal_image(bundle, normal_frame)), _t(depth_image(bundle)), _t(bundle.mask),
-                             bundle)
+                             bundle, bundle.backend)
 
 
 class SavePointCloud(io.ComfyNode):

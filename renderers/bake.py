@@ -23,7 +23,7 @@ import numpy as np
 from .cameras import Camera
 from .errors import InputError
 from .mesh import Mesh, MeshPart, face_normals, is_closed
-from .render import check_cameras_outside, make_visibility
+from .render import cameras_in_render_frame, check_cameras_outside, make_visibility
 from .uv import Atlas, make_atlas, rasterize
 
 FILLS = ("pull-push", "nearest")
@@ -104,13 +104,15 @@ def check_views(views: np.ndarray, cameras: list[Camera], input_name: str = "vie
 
 def bake_texture(mesh: Mesh, views: np.ndarray, cameras: list[Camera], settings: Optional[BakeSettings] = None,
                  progress: Optional[Callable[[int, int], None]] = None, views_name: str = "views") -> BakeResult:
-    """Back-project ``views`` (one per camera, in the render frame of ``mesh``) into a texture.
+    """Back-project ``views`` (one per camera) into a texture. Cameras in the render frame of
+    ``mesh``, or marked as in another frame (a viewer camera: Camera.frame), which is mapped.
 
     progress(done, total) is called after each view and after the fill; it may raise to cancel.
     views_name: the input named in errors about the views.
     """
     s = settings or BakeSettings()
     check_settings(s)
+    cameras = cameras_in_render_frame(mesh, list(cameras))
     views = check_views(views, cameras, views_name)
     check_cameras_outside(mesh, cameras)
     size = int(s.texture_size)

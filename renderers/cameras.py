@@ -12,6 +12,14 @@ import numpy as np
 from .errors import InputError
 
 PROJECTIONS = ("perspective", "orthographic")
+#: Frames a camera may be given in (CONVENTIONS.md, "Viewer cameras"): render (the default; where
+#: rendering happens), asset (the mesh file's own frame) and viewer fit (the asset frame fitted as the
+#: 3D viewer's "fit" does: longest side 5, bounding box centred in X and Z, its bottom on y = 0).
+#: :func:`to_render_frame` maps the last two with the mesh's own bounds and normalisation.
+FRAMES = ("render", "asset", "viewer fit")
+#: the 3D viewer's defaults (ComfyUI front end, three.js): vertical FOV, near, far, orthographic
+#: frustum height, and the longest side "fit to viewer" gives a model
+VIEWER_FOV_DEG, VIEWER_NEAR, VIEWER_FAR, VIEWER_FRUSTUM, VIEWER_FIT_SIZE = 35.0, 0.01, 10000.0, 10.0, 5.0
 
 
 @dataclass(frozen=True)
@@ -20,7 +28,8 @@ class Camera:
 
     cam_to_world: float64 [4, 4], OpenGL camera axes. yfov: vertical field of view in radians
     (perspective). ortho_height: full visible height in world units (orthographic). The
-    horizontal extent follows from the image's aspect ratio, as in OpenGL.
+    horizontal extent follows from the image's aspect ratio, as in OpenGL. frame: one of
+    :data:`FRAMES`; only 'render' cameras reach a backend (:func:`to_render_frame` maps the others).
     """
 
     cam_to_world: np.ndarray
@@ -29,6 +38,7 @@ class Camera:
     ortho_height: float = 2.0
     znear: float = 0.1
     zfar: float = 100.0
+    frame: str = "render"
 
     @property
     def position(self) -> np.ndarray:
@@ -72,7 +82,7 @@ class Camera:
     def to_dict(self) -> dict:
         return {"cam_to_world": self.cam_to_world.tolist(), "projection": self.projection,
                 "yfov_deg": math.degrees(self.yfov), "ortho_height": self.ortho_height,
-                "znear": self.znear, "zfar": self.zfar}
+                "znear": self.znear, "zfar": self.zfar, "frame": self.frame}
 
 
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
@@ -170,3 +180,136 @@ def _check_common(num_views, radius, yfov_deg, projection, ortho_height, znear, 
         raise InputError(input_name or "ortho_height", f"must be positive (got {ortho_height}).")
     if not 0 < znear < zfar:
         raise InputError(input_name or "znear", f"need 0 < znear < zfar (got {znear}, {zfar}).")
+
+
+def quaternion_matrix(q) -> np.ndarray:
+    """Rotation matrix [3, 3] of a quaternion (x, y, z, w) (three.js order), normalised first."""
+    x, y, z, w = (float(c) for c in q)
+    n = math.sqrt(x * x + y * y + z * z + w * w)
+    if not n > 0 or not math.isfinite(n):
+        raise ValueError(f"quaternion {[x, y, z, w]} has no direction")
+    x, y, z, w = x / n, y / n, z / n, w / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _vec3(d, what: str) -> np.ndarray:
+    if isinstance(d, dict):
+        v = np.array([float(d.get(k, 0.0)) for k in "xyz"])
+    else:
+        v = np.asarray(d, np.float64).reshape(-1)
+        if v.shape != (3,):
+            raise ValueError(f"{what} must have x, y and z")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what} is not finite")
+    return v
+
+
+def camera_from_viewer(info: dict, model_transform: dict | None = None, frame: str = "asset",
+                       input_name: str = "camera_info") -> Camera:
+    """The camera of ComfyUI's 3D viewer (Load 3D / Preview 3D: a LOAD3D_CAMERA dict, three.js
+    conventions) as a Camera in ``frame`` (one of :data:`FRAMES`: the frame the viewer showed the
+    mesh in, see CONVENTIONS.md "Viewer cameras").
+
+    info: position {x, y, z}; quaternion {x, y, z, w} (the camera's world rotation; without it the
+    camera looks at ``target`` with +Y up); cameraType 'perspective' (fov: vertical degrees, default
+    35; zoom divides tan(fov / 2), i.e. scales the focal length) or 'orthographic' (frustum {left,
+    right, top, bottom}, default 10 high; zoom divides it; an off-centre frustum shifts the camera
+    in its own plane); near, far. The vertical extent is kept and the horizontal one follows the
+    output image's width / height, as three.js does when the viewer captures at another size.
+    model_transform: the viewer's model transform (a LOAD3D_MODEL_INFO item: position, quaternion,
+    scale; x_viewer = R (s * x_model) + p); the camera is expressed in the model's own frame, which
+    needs a uniform scale. InputError naming ``input_name`` (or 'model_3d_info') for malformed input.
+    """
+    if frame not in FRAMES:
+        raise InputError("viewer_frame", f"must be one of {FRAMES} (got {frame!r}).")
+    if not isinstance(info, dict):
+        raise InputError(input_name, f"must be the camera of a 3D viewer (a dict), got {type(info).__name__}.")
+    try:
+        eye = _vec3(info["position"], "position")
+        kind = str(info.get("cameraType") or "perspective").lower()
+        if kind not in PROJECTIONS:
+            raise ValueError(f"cameraType must be one of {PROJECTIONS}, got {kind!r}")
+        zoom = float(info.get("zoom") or 1.0)
+        if not zoom > 0 or not math.isfinite(zoom):
+            raise ValueError(f"zoom must be positive, got {zoom}")
+        if info.get("quaternion"):
+            q = info["quaternion"]
+            rot = quaternion_matrix([q.get(k, 0.0) for k in "xyzw"] if isinstance(q, dict) else q)
+            cam_to_world = np.eye(4)
+            cam_to_world[:3, :3], cam_to_world[:3, 3] = rot, eye
+        else:
+            cam_to_world = look_at(eye, _vec3(info.get("target", {}), "target"))
+        near = float(info.get("near") or VIEWER_NEAR)
+        far = float(info.get("far") or VIEWER_FAR)
+        if not 0 < near < far:
+            raise ValueError(f"need 0 < near < far, got {near}, {far}")
+        yfov, height = math.radians(VIEWER_FOV_DEG), 2.0
+        if kind == "perspective":
+            fov = float(info.get("fov") or VIEWER_FOV_DEG)
+            if not 0 < fov < 180:
+                raise ValueError(f"fov must be within (0, 180) degrees, got {fov}")
+            yfov = 2.0 * math.atan(math.tan(math.radians(fov) / 2.0) / zoom)
+        else:
+            f = info.get("frustum") or {}
+            top, bottom = float(f.get("top", VIEWER_FRUSTUM / 2)), float(f.get("bottom", -VIEWER_FRUSTUM / 2))
+            left, right = float(f.get("left", -1.0)), float(f.get("right", 1.0))
+            height = (top - bottom) / zoom
+            if not height > 0 or not math.isfinite(height):
+                raise ValueError(f"the frustum has no height (top {top}, bottom {bottom})")
+            # three.js keeps the frustum's centre under zoom: an off-centre one moves the view
+            shift = np.array([(left + right) / 2.0, (top + bottom) / 2.0, 0.0])
+            cam_to_world[:3, 3] += cam_to_world[:3, :3] @ shift
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(input_name, f"is not a viewer camera ({exc}). Connect the camera_info output of Load 3D "
+                                     "or Preview 3D (or Create Camera Info).") from exc
+    camera = Camera(cam_to_world, kind, yfov, height, near, far, frame)
+    if model_transform:
+        camera = _into_model_frame(camera, model_transform)
+    return camera
+
+
+def _into_model_frame(camera: Camera, transform: dict) -> Camera:
+    """``camera`` (viewer world) expressed in the frame of a model placed by ``transform``."""
+    try:
+        p = _vec3(transform.get("position", {}), "position")
+        s = _vec3(transform.get("scale", {"x": 1, "y": 1, "z": 1}), "scale")
+        q = transform.get("quaternion") or {"w": 1.0}
+        rot = quaternion_matrix([q.get(k, 1.0 if k == "w" else 0.0) for k in "xyzw"])
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError("model_3d_info", f"is not a viewer model transform ({exc}).") from exc
+    if not np.all(s > 0) or np.ptp(s) > 1e-6 * float(np.max(s)):
+        raise InputError("model_3d_info", f"has the scale {s.tolist()}; only a uniform positive scale can be "
+                                          "matched by a camera. Reset the gizmo's scale, or scale all axes alike.")
+    return similar(camera, 1.0 / float(s[0]), -(rot.T @ p) / float(s[0]), rot.T, camera.frame)
+
+
+def similar(camera: Camera, scale: float, offset, rotation=None, frame: str = "render") -> Camera:
+    """``camera`` moved with the world by x' = scale * rotation @ x + offset (scale > 0): the same
+    picture of the moved scene. Lengths (orthographic height, near, far) scale along."""
+    rot = np.eye(3) if rotation is None else np.asarray(rotation, np.float64)
+    m = np.eye(4)
+    m[:3, :3] = rot @ camera.cam_to_world[:3, :3]
+    m[:3, 3] = scale * (rot @ camera.cam_to_world[:3, 3]) + np.asarray(offset, np.float64)
+    return Camera(m, camera.projection, camera.yfov, camera.ortho_height * scale, camera.znear * scale,
+                  camera.zfar * scale, frame)
+
+
+def to_render_frame(camera: Camera, center, scale: float, asset_bounds) -> Camera:
+    """``camera`` in the render frame of a mesh whose normalisation is (center, scale)
+    (x_render = (x_asset - center) * scale) and whose asset-frame bounding box is ``asset_bounds``
+    [2, 3]; a render-frame camera is returned unchanged."""
+    if camera.frame == "render":
+        return camera
+    center = np.asarray(center, np.float64)
+    if camera.frame == "asset":
+        return similar(camera, scale, -center * scale)
+    if camera.frame == "viewer fit":      # x_fit = k * (x_asset - base): base = (centre x, min y, centre z)
+        lo, hi = np.asarray(asset_bounds, np.float64)
+        k = VIEWER_FIT_SIZE / float(np.max(hi - lo))
+        base = np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
+        return similar(camera, scale / k, (base - center) * scale)
+    raise InputError("cameras", f"unknown camera frame {camera.frame!r}; expected one of {FRAMES}.")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .errors import InputError
-from .mesh import Mesh, MeshPart, validate
+from .mesh import DEFAULT_ALBEDO, Mesh, MeshPart, validate, vertex_normals
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl")
 
@@ -76,6 +77,18 @@ class ConfinedResolver:
         raise ValueError("the mesh reader does not write files")
 
 
+def check_mesh_file(path: str, input_name: str = "mesh_file") -> None:
+    """InputError unless ``path`` is an existing file with a mesh extension (what can be told
+    before reading it)."""
+    name = os.path.basename(path)
+    if os.path.splitext(path)[1].lower() not in MESH_EXTENSIONS:
+        raise InputError(input_name, f"'{name}' is not a supported mesh file; use one of "
+                                     f"{', '.join(MESH_EXTENSIONS)}.")
+    if not os.path.isfile(path):
+        raise InputError(input_name, f"'{name}' does not exist. Put the file in ComfyUI's input folder "
+                                     "(or upload it) and pick it from the list.")
+
+
 def load_mesh(path: str, input_name: str = "mesh_file", root: Optional[str] = None,
               root_name: str = "the input folder") -> Mesh:
     """Load a mesh file, flattening a scene graph with its transforms.
@@ -93,14 +106,9 @@ def load_mesh(path: str, input_name: str = "mesh_file", root: Optional[str] = No
     """
     import trimesh
 
+    check_mesh_file(path, input_name)
     name = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in MESH_EXTENSIONS:
-        raise InputError(input_name, f"'{name}' is not a supported mesh file; use one of "
-                                     f"{', '.join(MESH_EXTENSIONS)}.")
-    if not os.path.isfile(path):
-        raise InputError(input_name, f"'{name}' does not exist. Put the file in ComfyUI's input folder "
-                                     "(or upload it) and pick it from the list.")
     resolver = ConfinedResolver(path, root if root is not None else os.path.dirname(os.path.abspath(path)))
     try:
         with np.errstate(all="ignore"):
@@ -276,3 +284,206 @@ def _material_color(material) -> tuple[Optional[np.ndarray], np.ndarray]:
     if image is not None:
         image = np.asarray(image.convert("RGBA"), np.uint8)
     return image, factor
+
+
+# --- ComfyUI's MESH (glTF's conventions) -------------------------------------------------------
+#: ComfyUI's MESH stores what SaveGLB writes to glTF unchanged: UV v = 0 is the texture's top row,
+#: the texture an sRGB image [H, W, 3] in [0, 1] with row 0 at the top, vertex colours in linear
+#: light (glTF COLOR_0; core's Paint Mesh stores srgb ** 2.2, its Render Mesh shows colour ** (1 / 2.2)).
+NATIVE_GAMMA = 2.2
+#: texels of edge colour around each texture packed into a MESH atlas (bilinear lookups at an
+#: island's border never read a neighbour)
+ATLAS_GUTTER = 4
+
+
+@dataclass
+class NativeArrays:
+    """One mesh in ComfyUI's MESH conventions (see :data:`NATIVE_GAMMA`), in the render frame.
+
+    vertices float32 [N, 3]; faces int64 [M, 3]; uvs float32 [N, 2] (v = 0 at the top) or None;
+    vertex_colors float32 [N, 3] linear or None; texture float32 [H, W, 3] sRGB in [0, 1] or
+    None; normals float32 [N, 3] or None; notes: what the MESH cannot hold, for the user."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: Optional[np.ndarray] = None
+    vertex_colors: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
+    normals: Optional[np.ndarray] = None
+    notes: list = field(default_factory=list)
+
+
+def mesh_from_native(vertices, faces, uvs=None, vertex_colors=None, texture=None, normals=None,
+                     vertex_counts=None, face_counts=None, index: int = 0, base_color=None,
+                     source: str = "MESH input", input_name: str = "mesh", index_name: str = "batch_index") -> Mesh:
+    """Item ``index`` of a batch in ComfyUI's MESH layout as a Mesh (asset frame = the MESH's frame).
+
+    vertices [B, N, 3], faces [B, M, 3] (zero-padded when vertex_counts / face_counts [B] give the
+    items' real sizes: the padding is dropped); per-vertex uvs [B, N, 2], vertex_colors
+    [B, N, 3 | 4] (linear) and normals [B, N, 3]; texture [B, H, W, 3 | 4] in [0, 1] (a batch of
+    one serves every item); base_color: the material's base colour factor [4], if set. An
+    unbatched item ([N, 3], [M, 3], ...) is taken as a batch of one. Converted to the pack's
+    conventions (CONVENTIONS.md "Textures", "Colours"). InputError naming ``input_name`` (or
+    ``index_name``) for shapes that do not fit together.
+    """
+    def arr(a, what, dtype=np.float64):
+        try:
+            return np.asarray(a, dtype)
+        except (TypeError, ValueError) as exc:
+            raise InputError(input_name, f"{what} is not numeric ({exc}).") from exc
+
+    v = arr(vertices, "vertices")
+    f = np.asarray(faces)
+    batched = v.ndim == 3
+    if not batched:
+        v, f = v[None], f[None]
+    if v.ndim != 3 or v.shape[-1] != 3 or f.ndim != 3 or f.shape[-1] != 3 or len(f) != len(v):
+        raise InputError(input_name, f"expected vertices [B, N, 3] and faces [B, M, 3] with the same B, got "
+                                     f"{list(np.shape(vertices))} and {list(np.shape(faces))}.")
+    if not (np.issubdtype(f.dtype, np.integer) or (np.issubdtype(f.dtype, np.floating)
+                                                   and np.array_equal(f, np.round(f)))):
+        raise InputError(input_name, f"faces must hold vertex indices (integers), got {f.dtype}.")
+    b = len(v)
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < b:
+        raise InputError(index_name, f"is {index}, but the MESH holds {b} item{'s' if b != 1 else ''} "
+                                     f"(0..{b - 1}).")
+    n, m = v.shape[1], f.shape[1]
+    for what, counts, size in (("vertex_counts", vertex_counts, n), ("face_counts", face_counts, m)):
+        if counts is None:
+            continue
+        c = np.asarray(counts).reshape(-1)
+        if len(c) != b or not np.all((c >= 0) & (c <= size)):
+            raise InputError(input_name, f"{what} {c.tolist()} does not fit a batch of {b} padded to {size}.")
+    n = int(np.asarray(vertex_counts).reshape(-1)[index]) if vertex_counts is not None else n
+    m = int(np.asarray(face_counts).reshape(-1)[index]) if face_counts is not None else m
+
+    def per_vertex(a, what, channels):
+        if a is None:
+            return None
+        a = arr(a, what, np.float32)
+        if not batched and a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3 or a.shape[0] not in (1, b) or a.shape[1] < n or a.shape[2] not in channels:
+            raise InputError(input_name, f"{what} has shape {list(a.shape)}; expected [{b}, {v.shape[1]}, "
+                                         f"{' or '.join(map(str, channels))}] (one per vertex).")
+        return a[index if len(a) > 1 else 0, :n]
+
+    uv = per_vertex(uvs, "uvs", (2,))
+    colors = per_vertex(vertex_colors, "vertex_colors", (3, 4))
+    vn = per_vertex(normals, "normals", (3,))
+    part = MeshPart(vertices=v[index, :n], faces=f[index, :m].astype(np.int64), name="mesh")
+    notes = []
+    check_face_indices(part.faces, n, source, "mesh", input_name)
+    if uv is not None:
+        part.uv = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype(np.float32)   # v = 0 at the bottom
+    if texture is not None:
+        t = arr(texture, "texture", np.float32)
+        if not batched and t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4 or t.shape[0] not in (1, b) or t.shape[-1] not in (3, 4) or min(t.shape[1:3]) < 1:
+            raise InputError(input_name, f"texture has shape {list(t.shape)}; expected [{b}, H, W, 3].")
+        t = np.nan_to_num(t[index if len(t) > 1 else 0], nan=0.0)
+        rgba = np.full(t.shape[:2] + (4,), 255, np.uint8)
+        rgba[..., :t.shape[-1]] = np.round(np.clip(t, 0.0, 1.0) * 255.0)
+        if part.uv is not None:
+            part.texture = rgba
+        else:
+            notes.append(f"'{source}' has a texture but no UVs to map it with; the texture is not used.")
+    if colors is not None:
+        srgb = np.clip(colors, 0.0, 1.0)
+        srgb[:, :3] = srgb[:, :3] ** (1.0 / NATIVE_GAMMA)
+        part.vertex_colors = np.concatenate([srgb[:, :3], srgb[:, 3:] if srgb.shape[1] == 4 else
+                                             np.ones((n, 1), np.float32)], axis=1)
+    if vn is not None and np.isfinite(vn).all():
+        length = np.linalg.norm(vn, axis=1, keepdims=True)
+        part.vertex_normals = np.divide(vn, length, out=np.zeros_like(vn), where=length > 0).astype(np.float64)
+    else:
+        part.vertex_normals = vertex_normals(part.vertices, part.faces)
+    if base_color is not None:
+        part.base_color = np.resize(arr(base_color, "base colour factor", np.float32).reshape(-1), 4)
+    elif part.texture is not None or part.vertex_colors is not None:
+        part.base_color = np.ones(4, np.float32)
+    return validate(Mesh(parts=[part], source=source, notes=notes), input_name)
+
+
+def native_arrays(mesh: Mesh) -> NativeArrays:
+    """``mesh`` (render frame) as one item in ComfyUI's MESH conventions, as glTF renders it (the
+    'multiplied' albedo): the parts' textures packed side by side into one atlas (a MESH holds one
+    texture), each part's base colour x vertex colour x face colour as linear vertex colours
+    (face colours split the part's vertices). A mesh without any colour gets none (core's grey)."""
+    parts, notes = [], []
+    for p in mesh.parts:        # face colours become vertex colours of unshared corners
+        if p.face_colors is None:
+            parts.append((p, np.arange(len(p.vertices)), p.faces, None))
+        else:
+            corner = p.faces.reshape(-1)
+            parts.append((p, corner, np.arange(len(corner)).reshape(-1, 3), np.repeat(p.face_colors, 3, axis=0)))
+    textured = [p.texture is not None and p.uv is not None for p, *_ in parts]
+    coloured = any(t or p.vertex_colors is not None or fc is not None or
+                   not np.allclose(p.base_color[:3], DEFAULT_ALBEDO) for (p, _, _, fc), t in zip(parts, textured))
+    images, slot = [], []
+    for (p, *_), t in zip(parts, textured):
+        key = next((k for k, img in enumerate(images) if img is p.texture), None) if t else None
+        if t and key is None:
+            images.append(p.texture)
+            key = len(images) - 1
+        slot.append(key)
+    if any(textured) and not all(textured):
+        images.append(np.full((4, 4, 4), 255, np.uint8))       # white texels under the untextured parts
+    texture, place = _pack_atlas(images)
+    vertices, faces, uvs, colors, normals, base = [], [], [], [], [], 0
+    for (p, sel, f, fc), key, t in zip(parts, slot, textured):
+        vertices.append(p.vertices[sel])
+        faces.append(f + base)
+        base += len(sel)
+        c = np.broadcast_to(p.base_color[:3], (len(sel), 3)).astype(np.float32)
+        if p.vertex_colors is not None:
+            c = c * p.vertex_colors[sel, :3]
+        if fc is not None:
+            c = c * fc[:, :3]
+        colors.append(c)
+        normals.append(p.vertex_normals[sel] if p.vertex_normals is not None else None)
+        if texture is None:
+            uvs.append(None if p.uv is None else np.stack([p.uv[sel, 0], 1.0 - p.uv[sel, 1]], axis=1))
+            continue
+        x0, y0, w, h = place[key if t else len(images) - 1]
+        if t:
+            uv = p.uv[sel]
+            if len(images) > 1 and (uv.min() < -1e-3 or uv.max() > 1 + 1e-3):
+                notes.append(f"part '{p.name}' tiles its texture (UVs outside [0, 1]); the MESH output holds one "
+                             "texture atlas, where tiling shows as stretched edges.")
+            u, v_top = uv[:, 0], 1.0 - uv[:, 1]
+        else:
+            u, v_top = np.full(len(sel), 0.5), np.full(len(sel), 0.5)
+        uvs.append(np.stack([(x0 + u * w) / texture.shape[1], (y0 + v_top * h) / texture.shape[0]], axis=1))
+    out = NativeArrays(np.concatenate(vertices).astype(np.float32), np.concatenate(faces).astype(np.int64),
+                       notes=notes)
+    if texture is not None or all(u is not None for u in uvs):
+        out.uvs = np.concatenate(uvs).astype(np.float32)
+    if texture is not None:
+        out.texture = texture[..., :3].astype(np.float32) / 255.0
+    if coloured and not (texture is not None and all(np.all(c == 1) for c in colors)):
+        out.vertex_colors = (np.clip(np.concatenate(colors), 0.0, 1.0) ** NATIVE_GAMMA).astype(np.float32)
+    if all(n is not None for n in normals):
+        out.normals = np.concatenate(normals).astype(np.float32)
+    return out
+
+
+def _pack_atlas(images: list) -> tuple[Optional[np.ndarray], list]:
+    """Textures uint8 [H, W, 4] side by side in one atlas, each inside a gutter of its edge texels:
+    (atlas or None, (x0, y0, w, h) of each image's own texels). One image is used as it is."""
+    if not images:
+        return None, []
+    if len(images) == 1:
+        h, w = images[0].shape[:2]
+        return images[0], [(0, 0, w, h)]
+    g = ATLAS_GUTTER
+    height = max(img.shape[0] for img in images) + 2 * g
+    atlas = np.zeros((height, sum(img.shape[1] + 2 * g for img in images), 4), np.uint8)
+    place, x = [], 0
+    for img in images:
+        h, w = img.shape[:2]
+        atlas[:h + 2 * g, x:x + w + 2 * g] = np.pad(img, ((g, g), (g, g), (0, 0)), mode="edge")
+        place.append((x + g, g, w, h))
+        x += w + 2 * g
+    return atlas, place

@@ -7,15 +7,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import backend_pyrender, backend_raycast
-from .cameras import Camera
+from . import backend_pyrender, backend_raycast, gl_worker
+from .cameras import Camera, to_render_frame
 from .errors import InputError
 from .mesh import Mesh
 from .surface import ALBEDO_MODES, MeshTables, sample_surface, shade_lambert
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "pyrender", "raycast")
+BACKENDS = ("auto", "pyrender", "pyrender (worker)", "pyrender (in-process)", "raycast")
 MAX_RESOLUTION = 4096
 
 
@@ -76,6 +76,9 @@ def check_cameras_outside(mesh: Mesh, cameras: list[Camera]) -> None:
     """A camera inside the mesh's bounding box sees the inside of the asset (or nothing)."""
     lo, hi = mesh.bounds
     for k, cam in enumerate(cameras):
+        if cam.frame != "render":     # a library caller skipped cameras_in_render_frame
+            raise InputError("cameras", f"camera {k} is given in the {cam.frame} frame; map the cameras with "
+                                        "cameras_in_render_frame(mesh, cameras) first.")
         p = cam.position
         if cam.projection == "perspective" and np.all(p > lo) and np.all(p < hi):
             raise InputError("cameras", f"camera {k} at {np.round(p, 3).tolist()} is inside the mesh's bounding "
@@ -83,20 +86,47 @@ def check_cameras_outside(mesh: Mesh, cameras: list[Camera]) -> None:
                                         "the rig's radius (a normalised mesh fits in [-1, 1]).")
 
 
+def cameras_in_render_frame(mesh: Mesh, cameras: list[Camera]) -> list[Camera]:
+    """``cameras`` in the render frame of ``mesh``: cameras given in its asset frame or in the 3D
+    viewer's fitted frame (Camera.frame) are mapped with the mesh's bounds and normalisation."""
+    return [to_render_frame(c, mesh.center, mesh.scale, mesh.asset_bounds) for c in cameras]
+
+
 def make_visibility(backend: str, vertices: np.ndarray, faces: np.ndarray):
-    """The visibility backend: 'pyrender', 'raycast', or 'auto' (pyrender when offscreen GL
-    works on this machine, else raycast)."""
+    """The visibility backend (all give the same face ids):
+
+    'pyrender (in-process)': GL in this process; 'pyrender (worker)': GL in the pack's worker
+    process (gl_worker.py); 'pyrender': GL, in-process when this process has no GL of its own
+    (backend_pyrender.foreign_gl), else in the worker; 'auto': as 'pyrender', else 'raycast'
+    (logged as a warning with what failed); 'raycast': Embree on the CPU. That order is the
+    measured one (benchmarks/render.py): in-process GL, then the worker, then ray casting."""
     if backend not in BACKENDS:
         raise InputError("backend", f"must be one of {BACKENDS} (got {backend!r}).")
     if backend == "raycast":
         return backend_raycast.RaycastVisibility(vertices, faces)
-    try:
+    if backend == "pyrender (in-process)":
         return backend_pyrender.PyrenderVisibility(vertices, faces)
+    if backend == "pyrender (worker)":
+        return gl_worker.WorkerVisibility(vertices, faces)
+    foreign = backend_pyrender.foreign_gl()
+    failed = [] if foreign is None else [f"In-process GL not tried: this process has GL of its own ({foreign})."]
+    if foreign is None:
+        try:
+            return backend_pyrender.PyrenderVisibility(vertices, faces)
+        except InputError as exc:
+            if exc.input_name != "backend":
+                raise
+            failed.append(exc.message)
+    try:
+        return gl_worker.WorkerVisibility(vertices, faces)
     except InputError as exc:
-        if backend == "pyrender":
+        if exc.input_name != "backend":
             raise
-        log.info("pyrender unavailable (%s); rendering with the raycast backend", exc)
-        return backend_raycast.RaycastVisibility(vertices, faces)
+        failed.append(exc.message)
+    if backend == "pyrender":
+        raise InputError("backend", " ".join(failed))
+    log.warning("Realiz3D: no OpenGL (%s); rendering with the raycast backend", " ".join(failed))
+    return backend_raycast.RaycastVisibility(vertices, faces)
 
 
 def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: int = 512, backend: str = "auto",
@@ -108,12 +138,15 @@ def render_views(mesh: Mesh, cameras: list[Camera], width: int = 512, height: in
     lit: also compute the lit (Lambert, headlight + ambient) RGB. albedo: how a part's colour
     sources combine, 'multiplied' (glTF: base colour factor x texture x vertex x face colour)
     or 'reference' (RefAny3D's renderer: the texture alone, else vertex, else face, else base
-    colour); the lit RGB shades that albedo. progress(done, total) is called after each view;
-    it may raise to cancel (the host's interrupt), in which case nothing is returned.
+    colour); the lit RGB shades that albedo. Cameras given in the asset or viewer-fit frame are
+    mapped into the render frame first (the bundle keeps the mapped ones). progress(done, total)
+    is called after each view; it may raise to cancel (the host's interrupt), in which case
+    nothing is returned.
     """
     if not cameras:
         raise InputError("cameras", "no cameras given (zero views); use at least one view.")
     check_resolution(width, height)
+    cameras = cameras_in_render_frame(mesh, cameras)
     if not 0.0 <= ambient <= 1.0:
         raise InputError("ambient", f"must be within [0, 1] (got {ambient}).")
     if albedo not in ALBEDO_MODES:

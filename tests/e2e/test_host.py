@@ -64,13 +64,23 @@ def test_example_workflow_renders_the_sample(server):
     h = server.run(load_workflow("api/render_sample_mesh.json"))
     assert h["status"]["status_str"] == "success", error_message(h)
     files = server.output_files(h)
+    # backend 'auto' renders with OpenGL on both hosts: in the server process, or in the pack's GL
+    # worker where the host loaded GL of its own (0.33's ANGLE), never by falling back to raycast
+    # (the template shows Render Views' backend output in a Preview as Text node; 0.33 runs GL
+    # in the worker, 0.3.75 in the server process)
+    said = h["outputs"]["11"]["text"][0]
+    print("render_sample_mesh rendered by:", said)
+    assert said.startswith("pyrender ("), said
+    expected_route = "worker" if os.environ.get("REALIZ3D_HOST") == "0.33" else "in-process"
+    assert said.startswith(f"pyrender ({expected_route}, "), said
+    assert f"Render Views: 8 views of 512 x 512 rendered by {said}" in server.log()
 
     def outputs(prefix):
         return sorted(p for p in files if os.path.basename(p).startswith(prefix + "_"))
 
     # the same render through the library, written as SaveImage writes it
     mesh = normalize(load_mesh(BUNDLED_FILES[BUNDLED_SAMPLE]))
-    ref = render_views(mesh, refany3d_rig(8), 512, 512, lit=False)
+    ref = render_views(mesh, refany3d_rig(8), 512, 512, lit=False, backend="pyrender (in-process)")
     expected = {"rgb": ref.albedo, "pointmap": ref.points_normalized, "normal": normal_image(ref),
                 "depth": depth_image(ref), "mask": np.repeat(ref.mask[..., None], 3, -1).astype(np.float32)}
     for prefix, want in expected.items():

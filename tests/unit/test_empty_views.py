@@ -27,7 +27,7 @@ def test_view_without_surface_renders_as_background(backend, case):
     mesh, empty = VIEWS[case]
     seen = Camera(look_at((0.3, 0.2, 4), (0, 0, 0)))
     b = render_views(mesh, [empty, seen], 24, 16, backend=backend, background=(0.25,) * 3)
-    assert b.backend == backend
+    assert b.backend.split(" ")[0] == backend      # e.g. "pyrender (in-process, egl)"
     assert not b.mask[0].any() and b.mask[1].any()
     assert (b.face_id[0] == -1).all()
     np.testing.assert_array_equal(b.points[0], 0)

@@ -8,6 +8,9 @@ loaders fix their sizes), so these stand in for them with the same output types:
 - Test Conditioning: CONDITIONING of any text width, with or without a pooled output (what
   CLIP Text Encode gives for Flux, or for another model).
 - Not-Flux MODEL: a tiny SD1.5 UNet MODEL.
+- Test Native Mesh: a MESH from JSON arrays, with uvs, texture, vertex colours and zero-padded
+  batches where the host's MESH has them (what a 3D generator emits on 0.33).
+- Test Viewer Camera: LOAD3D_CAMERA / LOAD3D_MODEL_INFO from JSON (what Load 3D passes on).
 """
 import os
 import sys
@@ -112,3 +115,50 @@ class NotFluxModel:
 
 NODE_CLASS_MAPPINGS = {"Realiz3DTestTinyFlux": TinyFluxModel, "Realiz3DTestConditioning": TestConditioning,
                        "Realiz3DTestNotFlux": NotFluxModel}
+
+
+class TestNativeMesh:
+    """A native MESH from JSON arrays (vertices, faces and, where the host's MESH takes them, uvs,
+    vertex_colors, texture, normals, vertex_counts, face_counts), as a 3D generator would emit it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"spec_json": ("STRING", {"default": "{}", "multiline": True})}}
+
+    RETURN_TYPES = ("MESH",)
+    FUNCTION = "make"
+    CATEGORY = "Realiz3D test"
+
+    def make(self, spec_json):
+        import inspect
+        import json
+
+        from comfy_api.latest import Types
+
+        spec = json.loads(spec_json)
+        accepted = set(inspect.signature(Types.MESH.__init__).parameters)
+        ints = {"faces", "vertex_counts", "face_counts"}
+        tensors = {k: torch.tensor(v, dtype=torch.int64 if k in ints else torch.float32) for k, v in spec.items()}
+        extra = {k: v for k, v in tensors.items() if k not in ("vertices", "faces") and k in accepted}
+        return (Types.MESH(tensors["vertices"], tensors["faces"], **extra),)
+
+
+class TestViewerCamera:
+    """The 3D viewer's camera (LOAD3D_CAMERA) and model transform (LOAD3D_MODEL_INFO) from JSON, as
+    Load 3D / Preview 3D pass them on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"camera_json": ("STRING", {"default": "{}", "multiline": True}),
+                             "model_json": ("STRING", {"default": "[]", "multiline": True})}}
+
+    RETURN_TYPES = ("LOAD3D_CAMERA", "LOAD3D_MODEL_INFO")
+    FUNCTION = "make"
+    CATEGORY = "Realiz3D test"
+
+    def make(self, camera_json, model_json):
+        import json
+        return (json.loads(camera_json), json.loads(model_json))
+
+
+NODE_CLASS_MAPPINGS.update({"Realiz3DTestNativeMesh": TestNativeMesh, "Realiz3DTestViewerCamera": TestViewerCamera})
