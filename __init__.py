@@ -1,4 +1,4 @@
-"""ComfyUI-Realiz3D: photoreal, 3D-consistent generation (Realiz3D, RefAny3D) as ComfyUI nodes.
+"""realiz3d-refany3d: photoreal, 3D-consistent generation (Realiz3D, RefAny3D) as ComfyUI nodes.
 
 ComfyUI imports this file and calls :func:`comfy_entrypoint`; importing it has no other effect
 (no ComfyUI import, no I/O), so the library below (``renderers``, ``adapters``, ...) stays

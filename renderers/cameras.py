@@ -12,9 +12,9 @@ import numpy as np
 from .errors import InputError
 
 PROJECTIONS = ("perspective", "orthographic")
-#: Frames a camera may be given in (CONVENTIONS.md, "Viewer cameras"): render (the default; where
-#: rendering happens), asset (the mesh file's own frame) and viewer fit (the asset frame fitted as the
-#: 3D viewer's "fit" does: longest side 5, bounding box centred in X and Z, its bottom on y = 0).
+#: Frames a camera may be given in (CONVENTIONS.md, "The 3D viewer's camera"): render (the default;
+#: where rendering happens), asset (the mesh file's own frame) and viewer fit (the asset frame fitted
+#: as the 3D viewer's "fit" does: longest side 5, bounding box centred in X and Z, its bottom on y = 0).
 #: :func:`to_render_frame` maps the last two with the mesh's own bounds and normalisation.
 FRAMES = ("render", "asset", "viewer fit")
 #: the 3D viewer's defaults (ComfyUI front end, three.js): vertical FOV, near, far, orthographic
@@ -210,7 +210,7 @@ def camera_from_viewer(info: dict, model_transform: dict | None = None, frame: s
                        input_name: str = "camera_info") -> Camera:
     """The camera of ComfyUI's 3D viewer (Load 3D / Preview 3D: a LOAD3D_CAMERA dict, three.js
     conventions) as a Camera in ``frame`` (one of :data:`FRAMES`: the frame the viewer showed the
-    mesh in, see CONVENTIONS.md "Viewer cameras").
+    mesh in, see CONVENTIONS.md "The 3D viewer's camera").
 
     info: position {x, y, z}; quaternion {x, y, z, w} (the camera's world rotation; without it the
     camera looks at ``target`` with +Y up); cameraType 'perspective' (fov: vertical degrees, default
