@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 #: module -> node class names
 NODE_MODULES = {
     "mesh_nodes": ["LoadMesh"],
+    "batch_nodes": ["LoadMeshFolder"],
     "camera_nodes": ["CameraRig"],
     "render_nodes": ["RenderViews", "SavePointCloud"],
     "flux_nodes": ["LoadFluxModel", "FluxTextEncode"],
