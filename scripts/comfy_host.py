@@ -17,7 +17,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST_DIR = os.environ.get("REALIZ3D_HOST_DIR", os.path.join(ROOT, ".cache", "host"))
-PACK_NAME = "ComfyUI-Realiz3D"
+PACK_NAME = "realiz3d-refany3d"   # the registry name, as a registry install names the folder
 
 
 def comfy_dir() -> str:

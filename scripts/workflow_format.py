@@ -9,26 +9,78 @@ scripts/make_ui_workflows.py; the end-to-end tests convert back and compare.
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+#: inputs the front end gives a 'control after generate' widget by their name alone
+CONTROLLED_NAMES = ("seed", "noise_seed")
 
 
 def _inputs(info: dict) -> list[tuple[str, str, bool, bool]]:
     """(name, type, is_widget, has_control) of a node's inputs in schema order (required, then
-    optional). has_control: the front end adds a 'control after generate' widget right after it,
-    whose value ('fixed', 'randomize', ...) sits in widgets_values too."""
+    optional). has_control: the front end adds a 'control after generate' widget right after it
+    (asked for by the schema, or for a number or combo named seed / noise_seed), whose value
+    ('fixed', 'randomize', ...) sits in widgets_values too."""
+    out = []
+    for name, kind, opts in _specs(info):
+        is_widget = kind in WIDGET_TYPES
+        control = bool(opts.get("control_after_generate")) or (name in CONTROLLED_NAMES
+                                                                and kind in ("INT", "FLOAT", "COMBO"))
+        out.append((name, kind, is_widget, is_widget and control))
+    return out
+
+
+def _specs(info: dict) -> list[tuple[str, str, dict]]:
+    """(name, type, options) of a node's inputs in schema order; type 'COMBO' for a dropdown."""
     out = []
     order = info.get("input_order", {})
     for group in ("required", "optional"):
         spec = info["input"].get(group, {})
         for name in order.get(group, list(spec)):
             kind = spec[name][0]
-            opts = spec[name][1] if len(spec[name]) > 1 else {}
-            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
-            out.append((name, "COMBO" if isinstance(kind, list) else kind, is_widget,
-                        bool(opts.get("control_after_generate"))))
+            opts = spec[name][1] if len(spec[name]) > 1 and isinstance(spec[name][1], dict) else {}
+            if isinstance(kind, list):
+                kind, opts = "COMBO", {**opts, "options": kind}
+            out.append((name, kind, opts))
     return out
 
 
-def api_to_ui(api: dict, object_info: dict, column_width: int = 380) -> dict:
+def _default(kind: str, opts: dict):
+    """The value the front end gives a widget the workflow does not set."""
+    if "default" in opts:
+        return opts["default"]
+    if kind == "COMBO":
+        return (opts.get("options") or [""])[0]
+    return {"INT": opts.get("min", 0), "FLOAT": opts.get("min", 0.0), "STRING": "", "BOOLEAN": False}[kind]
+
+
+def with_defaults(api: dict, object_info: dict) -> dict:
+    """``api`` with every widget input it leaves unset (optional ones, inputs added to a node
+    after the workflow was written) set to the node's default, as the front end shows it."""
+    out = {}
+    for nid, node in api.items():
+        inputs = dict(node["inputs"])
+        for name, kind, opts in _specs(object_info[node["class_type"]]):
+            if kind in WIDGET_TYPES and name not in inputs:
+                inputs[name] = _default(kind, opts)
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
+def _size(info: dict, inputs: dict) -> list[int]:
+    """[width, height] a node needs in the front end (litegraph): a title bar, one row per socket
+    pair, one per widget, more for multiline text; generous, so no node covers the next."""
+    specs = _inputs(info)
+    sockets = sum(1 for name, _, is_widget, _ in specs if not is_widget or isinstance(inputs.get(name), list))
+    widgets = sum(1 + control for name, _, is_widget, control in specs
+                  if is_widget and not isinstance(inputs.get(name), list))
+    multiline = sum(1 for name, kind, opts in _specs(info) if kind == "STRING" and opts.get("multiline")
+                    and not isinstance(inputs.get(name), list))
+    rows = max(sockets, len(info["output"]))
+    return [340, 46 + 22 * rows + 26 * widgets + 90 * multiline]
+
+
+def api_to_ui(api: dict, object_info: dict, column_width: int = 400, gap: int = 40) -> dict:
+    """The UI-format workflow of ``api`` (unset widgets at their defaults, seeds 'fixed'), its
+    nodes in columns by depth in the graph, stacked by their size."""
+    api = with_defaults(api, object_info)
     ids = {nid: int(nid) for nid in api}
     depth = {}
 
@@ -42,10 +94,11 @@ def api_to_ui(api: dict, object_info: dict, column_width: int = 380) -> dict:
     for nid in sorted(api, key=lambda n: (level(n), ids[n])):
         node, info = api[nid], object_info[api[nid]["class_type"]]
         col = level(nid)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        ui = {"id": ids[nid], "type": node["class_type"], "pos": [40 + col * column_width, 40 + row * 320],
-              "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
+        size = _size(info, node["inputs"])
+        top = rows.get(col, 40)
+        rows[col] = top + size[1] + gap
+        ui = {"id": ids[nid], "type": node["class_type"], "pos": [40 + col * column_width, top],
+              "size": size, "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": []}
         for name, kind, is_widget, has_control in _inputs(info):
             value = node["inputs"].get(name)

@@ -9,8 +9,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from comfy_host import ROOT, error_message, load_workflow, run_and_interrupt
-from workflow_format import ui_to_api
+from comfy_host import PACK_NAME, ROOT, error_message, load_workflow, run_and_interrupt
+from workflow_format import ui_to_api, with_defaults
 from realiz3d.nodes.paths import BUNDLED_FILES, BUNDLED_SAMPLE
 from realiz3d.renderers import depth_image, load_mesh, normal_image, normalize, refany3d_rig, render_views
 
@@ -34,14 +34,14 @@ def test_nodes_registered_with_tooltips(server):
 
 
 def test_templates_and_web_extension(server):
-    assert sorted(server.get("/workflow_templates")["ComfyUI-Realiz3D"]) == [
+    assert sorted(server.get("/workflow_templates")[PACK_NAME]) == [
         "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh", "texture_mesh", "train_shifter_then_sample"]
     extensions = server.get("/extensions")
     # served once: a second copy (from both WEB_DIRECTORY and pyproject's [tool.comfy] web) makes the
     # front end throw "Extension named 'Realiz3D.NodeLook' already registered"
-    assert [e for e in extensions if e.endswith("realiz3d.js")] == ["/extensions/ComfyUI-Realiz3D/realiz3d.js"], \
+    assert [e for e in extensions if e.endswith("realiz3d.js")] == [f"/extensions/{PACK_NAME}/realiz3d.js"], \
         extensions
-    with urllib.request.urlopen(server.url + "/api/workflow_templates/ComfyUI-Realiz3D/render_sample_mesh.json") as r:
+    with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_NAME}/render_sample_mesh.json") as r:
         assert json.loads(r.read())["nodes"]
 
 
@@ -50,7 +50,9 @@ def test_templates_and_web_extension(server):
 def test_ui_workflow_is_the_api_workflow(server, name):
     with open(os.path.join(ROOT, "example_workflows", f"{name}.json")) as f:
         ui = json.load(f)
-    assert ui_to_api(ui, server.get("/object_info")) == load_workflow(f"api/{name}.json")
+    info = server.get("/object_info")
+    # the UI file sets every widget: the API file's values, the node's defaults for the rest
+    assert ui_to_api(ui, info) == with_defaults(load_workflow(f"api/{name}.json"), info)
 
 
 def png(path):
