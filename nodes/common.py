@@ -44,6 +44,15 @@ def conditioning_input():
                                                      "the guidance widget.")
 
 
+def compile_input():
+    """The samplers' switch for torch.compile of the engine's blocks (optional: older workflows
+    validate)."""
+    return io.Boolean.Input("compile", default=False, optional=True,
+                            tooltip="torch.compile the transformer blocks for this layout: the first step compiles "
+                                    "(minutes at FLUX size), later steps and prompts of the same size run faster "
+                                    "on a GPU. Off: the eager engine.")
+
+
 def check_cancel() -> None:
     """Raise ComfyUI's interrupt if the user cancelled the prompt."""
     comfy.model_management.throw_exception_if_processing_interrupted()

@@ -18,7 +18,7 @@ from ..sampling.multiview import CONTROL_KINDS, generate_multiview
 from ..sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
 from . import native
 from .common import (CATEGORY, PREFIX, CamerasType, ControlType, ScheduleType, ShifterType, ViewsType,
-                     conditioning_input, model_input, progress, vae_input)
+                     compile_input, conditioning_input, model_input, progress, vae_input)
 from .flux_nodes import FluxModel
 from .native_mesh import as_mesh, mesh_input
 from .paths import model_files_valid, model_path, register_model_folder
@@ -214,16 +214,16 @@ class Realiz3DSample(io.ComfyNode):
                     io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Output width."),
                     io.Int.Input("height", default=512, min=16, max=4096, step=16, tooltip="Output height."),
                     io.Int.Input("batch", default=1, min=1, max=16, tooltip="Images per prompt."),
-                    *_sampling_inputs()],
+                    *_sampling_inputs(), compile_input()],
             outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
     def execute(cls, model, positive, vae, width, height, batch, steps, guidance, seed, control_images=None,
-                control=None, shifter=None, schedule=None) -> io.NodeOutput:
+                control=None, shifter=None, schedule=None, compile=False) -> io.NodeOutput:
         s = Realiz3DSettings(steps=steps, guidance=guidance, width=width, height=height, batch=batch, seed=seed)
         image = sample_realiz3d(native.runtime(model, vae), native.text_conditioning(positive), control_images, s,
                                 shifters=shifter, schedule=_schedule(schedule, model, steps),
-                                progress=progress(steps), **_control_args(control, model))
+                                progress=progress(steps), compile=compile, **_control_args(control, model))
         return io.NodeOutput(image)
 
 
@@ -244,16 +244,16 @@ class MultiviewGenerate(io.ComfyNode):
                     io.Int.Input("view_size", default=256, min=16, max=2048, step=16,
                                  tooltip="Size of each view in pixels (multiple of 16)."),
                     io.Int.Input("columns", default=2, min=1, max=8, tooltip="Views per grid row."),
-                    *_sampling_inputs()],
+                    *_sampling_inputs(), compile_input()],
             outputs=[io.Image.Output(display_name="views"), ViewsType.Output(display_name="generated")])
 
     @classmethod
     def execute(cls, model, positive, vae, mesh, cameras, control_map, view_size, columns, steps, guidance, seed,
-                control=None, shifter=None, schedule=None) -> io.NodeOutput:
+                control=None, shifter=None, schedule=None, compile=False) -> io.NodeOutput:
         s = Realiz3DSettings(steps=steps, guidance=guidance, seed=seed)
         mesh = as_mesh(mesh)
         views, _ = generate_multiview(native.runtime(model, vae), mesh, cameras, native.text_conditioning(positive),
                                       s, view_size, columns, control_map, shifters=shifter,
                                       schedule=_schedule(schedule, model, steps), progress=progress(steps),
-                                      **_control_args(control, model))
+                                      compile=compile, **_control_args(control, model))
         return io.NodeOutput(views, GeneratedViews(views, list(cameras), mesh))

@@ -3,6 +3,7 @@ embedding, and image classifier-free guidance between the conditioned pass and a
 condition images are black, for both targets (RGB image and its point map)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -56,10 +57,21 @@ def check_settings(s: RefAny3DSettings) -> None:
         raise InputError("condition_latents", "must be 'sample' or 'mean'.")
 
 
+@contextlib.contextmanager
+def _released(caches):
+    """Free the KV caches when the prompt ends, however it ends (cancel included)."""
+    try:
+        yield
+    finally:
+        for c in caches:
+            if c is not None:
+                c.clear()
+
+
 @torch.no_grad()
 def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, point_views: torch.Tensor,
            settings: RefAny3DSettings, progress: Optional[Callable[[int, int], None]] = None,
-           offload: Optional[Offload] = None):
+           offload: Optional[Offload] = None, compile: bool = False, batch_branches: bool = True):
     """Generate images and point maps referenced by rendered views of a mesh.
 
     model: a sampling.runtime.FluxRuntime (a host's MODEL and VAE, or the pack's own model), or a
@@ -67,7 +79,10 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     rgb_views, point_views: [V, S, S, 3] in [0, 1] (unlit RGB and per-axis point maps).
     offload (FluxPipeline only): keep the weights on the CPU and move each component to
     ``offload.device`` only while it runs. Guidance: the conditioning's FluxGuidance value when
-    it has one, else ``settings.guidance``.
+    it has one, else ``settings.guidance``. compile: torch.compile the engine's blocks (the first
+    step compiles; worth it for long runs on a GPU); batch_branches=False runs every branch on its
+    own (the per-branch reference of the batched engine). With ``kv_cache`` the cached keys and
+    values (compute dtype) are freed when this call returns.
     Returns (rgb [B, H, W, 3], point_map [B, H, W, 3]), float in [0, 1].
     """
     check_settings(settings)
@@ -119,8 +134,8 @@ def sample(model, weights: RefAny3DWeights, prompt, rgb_views: torch.Tensor, poi
     timesteps, schedulers = flux_timesteps(rt.scheduler_config, s.steps, latents.shape[1], device, count=2)
     memory = step_memory_bytes(L, lengths, B, cached_tokens=2 * n_views * cond_tokens.shape[1],
                                caches=sum(c is not None for c in caches))
-    with rt.load(memory, weights.domain_embedder):
-        engine = FluxEngine(L, weights.domain_embedder)
+    with rt.load(memory, weights.domain_embedder), _released(caches):
+        engine = FluxEngine(L, weights.domain_embedder, compile=compile, batch_branches=batch_branches)
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
             out = engine(branches(t_b, latents, point_latents, cond_tokens), mask, pooled, outputs=[1, 2],

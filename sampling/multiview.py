@@ -55,11 +55,13 @@ def control_maps(bundle: RenderBundle, kind: str) -> torch.Tensor:
 
 def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: int = 256, columns: int = 2,
                        control: str = "normal", control_adapters: tuple = (), shifters=None, schedule=None,
-                       progress=None, offload=None, backend: str = "auto", target_adapters: tuple = (), side=None):
+                       progress=None, offload=None, backend: str = "auto", target_adapters: tuple = (), side=None,
+                       compile: bool = False, batch_branches: bool = True):
     """pipe: a sampling.runtime.FluxRuntime or a FluxPipeline; prompt: a TextConditioning or a
     string (see sample_realiz3d). Views [V, S, S, 3] of ``mesh`` from ``cameras``, generated jointly as one grid image under
     the grid of its geometry maps; returns (views, render bundle of the controls). ``settings``
-    is a Realiz3DSettings whose width/height are replaced by the grid's size."""
+    is a Realiz3DSettings whose width/height are replaced by the grid's size; compile and
+    batch_branches as in sample_realiz3d."""
     from dataclasses import replace
 
     from ..renderers import render_views
@@ -72,5 +74,5 @@ def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: in
     grid = make_grid(control_maps(bundle, control), cols)
     s = replace(settings, width=cols * view_size, height=rows * view_size)
     image = sample_realiz3d(pipe, prompt, grid[None], s, control_adapters, shifters, schedule, progress, offload,
-                            target_adapters, side)
+                            target_adapters, side, compile=compile, batch_branches=batch_branches)
     return split_grid(image[0], len(cameras), cols), bundle

@@ -39,7 +39,7 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
                     schedule: Optional[DomainSchedule] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
                     offload: Optional[Offload] = None, target_adapters: tuple[str, ...] = (),
-                    side=None) -> torch.Tensor:
+                    side=None, compile: bool = False, batch_branches: bool = True) -> torch.Tensor:
     """Images [B, H, W, 3] in [0, 1].
 
     model: a sampling.runtime.FluxRuntime or a diffusers FluxPipeline; prompt: a
@@ -50,6 +50,7 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
     names (engine.lora_files.attach_lora on the pack's model; names in ``side``, an
     engine.side_lora.SideLoRAs, on a host's model). Without shifters the schedule must be None.
     target_adapters: adapters of the target branch (stage 2's target LoRA, see training/README.md).
+    compile: torch.compile the engine's blocks; batch_branches=False: the per-branch reference.
     """
     s = settings
     for name in ("width", "height"):
@@ -100,7 +101,8 @@ def sample_realiz3d(model, prompt, controls: Optional[torch.Tensor], settings: R
     lengths = [prompt_embeds.shape[1], latents.shape[1]] + ([] if cond_tokens is None else
                                                            [cond_tokens.shape[1]] * len(cond_tokens))
     with rt.load(step_memory_bytes(L, lengths, B), shifters):
-        engine = FluxEngine(L, shifters=shifters)    # on the device: its shift table too
+        engine = FluxEngine(L, shifters=shifters, compile=compile,     # on the device: its shift table too
+                            batch_branches=batch_branches)
         for i, t in enumerate(timesteps):
             t_b = t.expand(B).to(dtype) / 1000
             branches = build_branches(prompt_embeds, text_ids, t_b, guidance, latents, ids, target_adapters,
