@@ -44,7 +44,23 @@ Result of that run (bf16, GPU est.): full load with fp8 weights 12.7 GiB (RefAny
 block + inputs) is 1.3 and 0.8 GiB (CPU measured), 12% and 7% of the fp8 weights. Not included:
 the optional condition KV cache (K and V of the 16 condition branches in all 57 blocks: 10.7 GiB
 per cache in bf16, two with image CFG), a batch above 1.
-Usage: .cache/host/venv/bin/python benchmarks/memory.py [--quick] [--fp32] [--report]
+
+Training (--training): what a training step of each recipe needs at FLUX size. Parameters,
+gradients and optimizer state (AdamW, fp32) from the real architecture on the meta device (the
+LoRAs on RefAny3D's target modules, rank 16, two adapters; stage 1's shifters, rank 8, embed 64);
+the activation peak of ONE double and ONE single block at full width (3072), forward + backward
+of a loss on the target, the LoRAs trained, measured on the CPU in a fresh subprocess each, with
+and without gradient checkpointing: torch.profiler's live CPU memory (each allocation and free
+once, in time order) above what existed before the forward, and the bytes autograd saved for
+backward (torch.autograd.graph.saved_tensors_hooks; parameters not counted). fp32 on the CPU
+(bf16 matmul is emulated here at ~20 GFLOP/s); the bytes are reported per token and hidden unit
+in units of the dtype's size, so a bf16 step keeps half the bytes. Cases: stage 1 and stage 2 (one
+control) at 512 px; RefAny3D's layout with 2 views of 512 px, single block only (8 views, or its
+double block, need more RAM than this 23 GiB host leaves; training.memory scales it). Run time on
+the 2-core host: ~6 minutes. The device total per recipe is
+training.memory.training_memory (the pure estimate the trainer checks before the first step)
+next to the same sum from the measured units, against 24 GiB.
+Usage: .cache/host/venv/bin/python benchmarks/memory.py [--quick] [--fp32] [--report] [--training]
   --quick: 2 views, 128 px, 64 text tokens (smoke test); --fp32: also measure fp32 activations;
   --report: print the tables again from benchmarks/results/memory.json without measuring.
 """
@@ -252,7 +268,7 @@ def child(case: str, kind: str, dtype_name: str, quick: bool) -> dict:
     nbytes = torch.tensor([], dtype=dtype).element_size()
     analytic = gpu_attention(lengths, spec["mask"], width, model.config.num_attention_heads, nbytes)
     names = {e.name() for e in prof.profiler.kineto_results.events()}
-    return {"case": case, "block": kind, "dtype": dtype_name, "tokens": sum(lengths), "seconds": seconds,
+    return {"case": case + (f":{views}" if case == "refany3d" else ""), "block": kind, "dtype": dtype_name, "tokens": sum(lengths), "seconds": seconds,
             "inputs": inputs, "state": state, "block_peak": block_peak,
             "state_hidden_analytic": sum(lengths) * width * nbytes,      # [T, C] over all branches
             "state_rope_analytic": sum(lengths) * model.config.attention_head_dim * 2 * 4,   # cos, sin [T, Dh] fp32
@@ -347,15 +363,211 @@ def report(w: dict, runs: list, dtype_names, quick: bool) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------- 4. training (--training)
+
+#: text + target (+ one control), 512 px; RefAny3D's layout with 2 views of 512 px (2 targets + 4
+#: condition branches, 6656 tokens): 8 views (18944 tokens) in fp32 exceed this 23 GiB host's RAM
+TRAIN_CASES = ("stage1", "stage2", "refany3d:2")
+
+
+def train_child(case: str, kind: str, checkpointing: bool, quick: bool) -> dict:
+    """One training step (forward + backward) of a one-block full-width transformer; prints JSON."""
+    from diffusers import FluxPipeline
+    from torch.profiler import ProfilerActivity, profile
+
+    from realiz3d.engine import Branch, FluxEngine
+    from realiz3d.training.lora import add_lora
+
+    torch.set_num_threads(2)
+    width_override = {"num_attention_heads": 4} if quick else {}
+    model = build_meta(num_layers=int(kind == "double"), num_single_layers=int(kind == "single"), **width_override)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    model.requires_grad_(False)
+    views = int(case.split(":")[1]) if ":" in case else 8          # "refany3d:2": 2 views of 512 px
+    case = case.split(":")[0]
+    names = {"stage2": ["control", "target"], "refany3d": ["default", "coord"]}.get(case, [])
+    trained = []
+    for name in names:
+        trained += list(add_lora(model, name, LORA_RANK, LORA_RANK, LORA_TARGETS).values())
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    embedder = None
+    if case == "refany3d":
+        from realiz3d.refany3d import make_domain_embedder
+        embedder = make_domain_embedder(width)
+        trained += list(embedder.parameters())
+    engine = FluxEngine(model, embedder, checkpointing=checkpointing)
+    g = torch.Generator().manual_seed(0)
+    t, gd = torch.tensor([0.6]), torch.tensor([3.5])
+    mask, outputs = None, [1]
+    if case == "refany3d":              # the real layout: 2 targets + 2 x 8 views, group mask, per-branch LoRAs
+        spec = case_spec("refany3d", quick)
+        if not quick:
+            n = layout.num_branches(views)
+            spec.update(lengths=[spec["text"]] + [spec["side"] ** 2] * (n - 1), mask=layout.group_mask(views),
+                        adapters=layout.adapters(views), domains=layout.domain_tags(views))
+        side, text, lengths, mask, outputs = spec["side"], spec["text"], spec["lengths"], spec["mask"], [1, 2]
+        ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+        adapters = [tuple({"default": "default", "coord": "coord"}[a] for a in ad) for ad in spec["adapters"]]
+        branches = [Branch(torch.randn(1, text, model.config.joint_attention_dim, generator=g), torch.zeros(text, 3),
+                           t, gd, is_text=True, name="text")]
+        for i in range(1, len(lengths)):
+            cond = i >= spec["conditions_from"]
+            branches.append(Branch(torch.randn(1, lengths[i], model.config.in_channels, generator=g), ids,
+                                   torch.zeros(1) if cond else t, torch.ones(1) if cond else gd, adapters[i],
+                                   spec["domains"][i], name=f"branch{i}"))
+    else:
+        side, text = (8, 64) if quick else (32, 512)             # 512 px: a 32 x 32 grid of 2x2 patches
+        ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+        branches = [Branch(torch.randn(1, text, model.config.joint_attention_dim, generator=g), torch.zeros(text, 3),
+                           t, gd, is_text=True, name="text"),
+                    Branch(torch.randn(1, side * side, model.config.in_channels, generator=g), ids, t, gd,
+                           ("target",) if names else (), name="target")]
+        if case == "stage2":
+            branches.append(Branch(torch.randn(1, side * side, model.config.in_channels, generator=g), ids,
+                                   torch.zeros(1), torch.ones(1), ("control",), name="control"))
+    pooled = torch.randn(1, model.config.pooled_projection_dim, generator=g)
+    params = {p.data_ptr() for p in model.parameters()}
+    saved = {"bytes": 0, "seen": set()}
+
+    def pack(x):
+        ptr = x.untyped_storage().data_ptr() if x.device.type != "meta" else 0
+        if ptr not in params and ptr not in saved["seen"]:
+            saved["seen"].add(ptr)
+            saved["bytes"] += x.untyped_storage().nbytes()
+        return x
+
+    gc.collect()
+    rss_before, maxrss_before = rss_now(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    if not names:       # stage 1: the shifters add to the target's input of every block, so the backward
+        branches[1].tokens.requires_grad_(True)         # runs through every block: a gradient at the input stands in
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            out = engine.forward(branches, mask, pooled, outputs=outputs)
+            loss = sum(out[i].float().square().mean() for i in outputs)
+        loss.backward()
+    seconds = time.perf_counter() - start
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times, live, _ = timeline(prof, [])
+    tokens = sum(b.tokens.shape[1] for b in branches)
+    unit = tokens * width * 4                           # one fp32 hidden state over all tokens
+    return {"case": case + (f":{views}" if case == "refany3d" else ""), "block": kind, "checkpointing": checkpointing, "tokens": tokens, "width": width,
+            "seconds": seconds, "peak": float(live.max()), "saved": saved["bytes"],
+            "peak_units": float(live.max()) / unit, "saved_units": saved["bytes"] / unit,
+            "rss_growth": maxrss_after - rss_before, "rss_valid": maxrss_after > maxrss_before,
+            "trained_params": sum(p.numel() for p in trained)}
+
+
+def run_train_child(case, kind, checkpointing, quick) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--train-child", case, kind, str(int(checkpointing))]
+    run = subprocess.run(cmd + ["--quick"] * quick, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"child {case}/{kind}/ckpt={checkpointing} failed:\n{run.stderr[-4000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def training_report(runs: list, quick: bool) -> dict:
+    from realiz3d.training import load_config
+    from realiz3d.training.memory import GiB as G, base_parameters, lora_parameters, training_memory
+
+    flux = {"num_double": 19, "num_single": 38, "hidden": 3072}
+    recipes = {
+        "stage1 (shifters), 512 px": {"recipe": "stage1"},
+        "stage2 LoRA r16, 1 control, 512 px": {"recipe": "stage2", "data": {"controls": ["normal"]}, **SHIFTERS},
+        "RefAny3D LoRA r16, 8 views x 512 px": {"recipe": "refany3d"},
+        "RefAny3D LoRA r16, 7 views x 512 px": {"recipe": "refany3d", "refany3d": {"n_views": 7}},
+        "RefAny3D LoRA r16, 4 views x 512 px": {"recipe": "refany3d", "refany3d": {"n_views": 4}},
+        "RefAny3D LoRA r16, 8 views x 448 px": {"recipe": "refany3d", "refany3d": {"condition_size": 448}},
+        "RefAny3D LoRA r16, 8 views x 256 px": {"recipe": "refany3d", "refany3d": {"condition_size": 256}},
+        "stage2 full fine-tuning (bf16 weights), 512 px": {"recipe": "stage2", "data": {"controls": ["normal"]},
+                                                            "stage2": {"full_finetune": True, **SHIFTERS["stage2"]},
+                                                            "model": {"dtype": "bf16"}},
+    }
+    print("\ntraining: one block's forward + backward at full width, CPU, fp32 (units: bytes per token and hidden "
+          "unit / dtype size)")
+    print(f"  {'case':8s} {'block':7s} {'ckpt':5s} {'tokens':>6s} {'peak GiB':>9s} {'peak u':>7s} {'saved u':>8s} "
+          f"{'RSS GiB':>8s} {'s':>6s}")
+    for r in runs:
+        print(f"  {r['case']:8s} {r['block']:7s} {str(r['checkpointing']):5s} {r['tokens']:6d} {r['peak'] / G:9.3f} "
+              f"{r['peak_units']:7.1f} {r['saved_units']:8.1f} {r['rss_growth'] / G:8.3f} {r['seconds']:6.1f}")
+    measured = {}
+    for layout_kind, cases in (("full", ("stage1", "stage2")), ("refany3d", ("refany3d",))):
+        rs = [r for r in runs if r["case"].split(":")[0] in cases]
+        if rs:
+            measured[layout_kind] = {
+                **{k: max((r["saved_units"] for r in rs if r["block"] == k and not r["checkpointing"]),
+                          default=float("nan"))
+                   for k in ("double", "single")}, "peak": max(r["peak_units"] for r in rs)}
+    print(f"  FLUX.1 parameters {base_parameters(flux) / 1e9:.2f} B; one rank-16 LoRA on SPEC's targets "
+          f"{lora_parameters(flux, 16) / 1e6:.1f} M")
+    table = {}
+    print(f"\n  {'GiB per step (fp8 weights, bf16 activations)':50s} {'weights':>8s} {'train+grad+adam':>16s} "
+          f"{'act. ckpt':>10s} {'act. no ckpt':>13s} {'total ckpt':>11s} {'fits 24':>8s}")
+    for label, raw in recipes.items():
+        cfg = load_config({**raw, "train": {"gradient_checkpointing": True}})
+        wb = 2 if cfg.stage2.full_finetune else 1
+        on = training_memory(flux, cfg, weight_bytes=wb, checkpointing=True)
+        off = training_memory(flux, cfg, weight_bytes=wb, checkpointing=False)
+        p = on.parts
+        opt = p["trainables"] + p["gradients"] + p["optimizer"]
+        table[label] = {"ckpt": on.parts, "no_ckpt": off.parts, "tokens": on.tokens, "total_ckpt": on.total,
+                        "total_no_ckpt": off.total}
+        print(f"  {label:50s} {p['weights'] / G:8.1f} {opt / G:16.1f} {p['activations'] / G:10.1f} "
+              f"{off.parts['activations'] / G:13.1f} {on.total / G:11.1f} {str(on.total <= 24 * G):>8s}")
+    from realiz3d.training.memory import PEAK_UNITS, SAVED_UNITS
+    for kind, m in measured.items():
+        print(f"  units ({kind}): measured saved double {m['double']:.1f}, single {m['single']:.1f}, peak "
+              f"{m['peak']:.1f}; {SAVED_UNITS_NOTE} {SAVED_UNITS[kind]}, PEAK_UNITS {PEAK_UNITS[kind]}"
+              + (" (quick mode: reduced width/tokens)" if quick else ""))
+    return {"recipes": table, "measured_units": measured}
+
+
+SAVED_UNITS_NOTE = "training.memory.SAVED_UNITS"
+SHIFTERS = {"stage2": {"shifters": "stage1_shifters.safetensors"}}      # a name: the estimate reads no file
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--training", action="store_true")
+    ap.add_argument("--train-child", nargs=3, metavar=("CASE", "BLOCK", "CKPT"))
     ap.add_argument("--fp32", action="store_true")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "BLOCK", "DTYPE"))
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(*args.child, args.quick)))
+        return
+    if args.train_child:
+        case, kind, ckpt = args.train_child
+        print(json.dumps(train_child(case, kind, ckpt == "1", args.quick)))
+        return
+    if args.training:
+        out = os.path.join(ROOT, "benchmarks", "results", "memory_training.json")
+        t0 = time.perf_counter()
+        if args.report:
+            with open(out) as f:
+                runs = json.load(f)["runs"]
+        else:
+            runs = []
+            for case in TRAIN_CASES:
+                for kind in ("double", "single"):
+                    # one block: checkpointing changes what the other blocks keep, not this block's peak;
+                    # RefAny3D (minutes per forward here) runs without it only
+                    for ckpt in ((False,) if case.startswith("refany3d") else (False, True)):
+                        runs.append(run_train_child(case, kind, ckpt, args.quick))
+                        r = runs[-1]
+                        print(f"{case} {kind} ckpt={ckpt}: {r['tokens']} tokens, {r['seconds']:.1f} s, peak "
+                              f"{r['peak'] / GiB:.3f} GiB, saved {r['saved'] / GiB:.3f} GiB", flush=True)
+        summary = training_report(runs, args.quick)
+        if not args.report:
+            with open(out, "w") as f:
+                json.dump({"quick": args.quick, "threads": 2, "seconds": time.perf_counter() - t0, "runs": runs,
+                           **summary}, f, indent=1)
+            print("written", os.path.relpath(out, ROOT))
         return
     out = os.path.join(ROOT, "benchmarks", "results", "memory.json")
     if args.report:

@@ -1,13 +1,14 @@
 """Training nodes: Train Domain Shifter (Realiz3D stage 1), Train Control (stage 2 or the standard
-fine-tuning baseline), Train RefAny3D. Each runs a number of steps on the loaded model with
-progress and cancel, saves the result into ComfyUI's model folders, and returns the loss curve."""
+fine-tuning baseline), Train RefAny3D. Each runs a number of steps on ComfyUI's MODEL (fp8 or
+bf16, only read: the trained tensors live beside it; captions through its CLIP, images through
+its VAE) or on Load Flux Model's output, with progress and cancel, saves the result into
+ComfyUI's model folders and returns the loss curve. Which run folder, whether to resume and which
+file names to install are decided by training/runs.py; the nodes pass the choices through."""
 from __future__ import annotations
 
 import logging
 import os
 import re
-import shutil
-import tempfile
 
 import comfy.model_management
 import comfy.utils
@@ -18,8 +19,10 @@ from comfy_api.latest import io
 from PIL import Image
 
 from ..renderers.errors import InputError
-from .common import CATEGORY, PREFIX, ControlType, FluxType, ShifterType
-from .flux_nodes import require_model
+from ..training.runs import ON_CHANGE, REFUSE, install, plan_run
+from . import native
+from .common import CATEGORY, PREFIX, ControlType, FluxClipType, FluxVaeType, ShifterType, model_input
+from .flux_nodes import FluxModel
 from .paths import model_files_valid, model_path, register_model_folder, resolve_inside
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,9 @@ def _output_name(name: str) -> str:
     return name.removesuffix(".safetensors")
 
 
-def _work_dir(name: str, kind: str) -> str:
-    """Where a run keeps its checkpoints, config and loss curve: output/realiz3d_training/<kind>/<name>."""
-    return os.path.join(folder_paths.get_output_directory(), "realiz3d_training", kind, name)
+def _runs_root(kind: str) -> str:
+    """Where runs keep their checkpoints, config and loss curve: output/realiz3d_training/<kind>/<name>[.N]."""
+    return os.path.join(folder_paths.get_output_directory(), "realiz3d_training", kind)
 
 
 def _model_root(kind: str) -> str:
@@ -57,18 +60,10 @@ def _model_root(kind: str) -> str:
     return folder_paths.get_folder_paths(kind)[0]
 
 
-def _install(src: str, dst: str) -> str:
-    """Copy a trained file into a model folder atomically (no half-written file on failure)."""
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp_", suffix=".safetensors")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+def _install(work: str, files: dict, overwrite: bool, folder: bool = False) -> dict:
+    """{src: wanted model file} -> {src: installed path}: training.runs decides the names (never
+    another run's file unless ``overwrite``)."""
+    return install(work, files, overwrite, log=lambda msg: log.warning("Realiz3D training: %s", msg), folder=folder)
 
 
 def _common_inputs(steps: int, lr: float):
@@ -84,10 +79,33 @@ def _common_inputs(steps: int, lr: float):
         io.String.Input("output_name", default="my_run",
                         tooltip="Name of the saved result in the model folders (no folders)."),
         io.Boolean.Input("resume", default=True,
-                         tooltip="Continue from the newest checkpoint of this output name when there is one "
-                                 "(output/realiz3d_training/...); off starts afresh."),
+                         tooltip="Continue the newest run of this output name when it has a checkpoint "
+                                 "(output/realiz3d_training/...), if its settings are the same (see on_change); "
+                                 "off starts a new run in a new folder and keeps the old one."),
         io.Int.Input("checkpoint_every", default=500, min=1, max=1_000_000,
                      tooltip="Steps between checkpoints (one is also written on cancel)."),
+    ]
+
+
+def _late_inputs():
+    """Inputs added after the first release: optional, at the end, so saved workflows still validate."""
+    return [
+        io.MultiType.Input("clip", types=[io.Clip, FluxClipType], optional=True,
+                           tooltip="Text encoders for the captions: ComfyUI's CLIP (DualCLIPLoader, type flux) for a "
+                                   "MODEL, or Load Flux Model's clip. Unconnected: Load Flux Model's own."),
+        io.MultiType.Input("vae", types=[io.Vae, FluxVaeType], optional=True,
+                           tooltip="Flux's VAE (Load VAE with ae.safetensors, or Load Flux Model's vae) for the "
+                                   "images. Unconnected: Load Flux Model's own."),
+        io.Combo.Input("on_change", options=list(ON_CHANGE), default=REFUSE, optional=True,
+                       tooltip="When resuming a run whose settings (data, controls, shifters, rank, tau_b, learning "
+                               "rate, ...) differ from this node's: refuse and list the differences, continue "
+                               "anyway, or start a new run (the old one is kept). More steps are always fine."),
+        io.Boolean.Input("overwrite", default=False, optional=True,
+                         tooltip="Replace an existing model file of the same name. Off: a file another run (or you) "
+                                 "wrote is kept and the result gets a versioned name (NAME_2...)."),
+        io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                         tooltip="Recompute each block in the backward pass: far less memory, about a third "
+                                 "slower."),
     ]
 
 
@@ -106,16 +124,19 @@ def _data_inputs():
     ]
 
 
-def _train(cfg_dict: dict, flux, steps: int, resume: bool, kind: str):
+def _train(cfg_dict: dict, model, clip, vae, steps: int, resume: bool, on_change: str, kind: str, name: str,
+           root: str):
+    """Plan the run (training.runs: resume, refuse or a new folder), train, return (result, run folder)."""
     from ..training import load_config, train
+    from ..training.runs import CONTINUE
 
-    work = cfg_dict["output"]["dir"]
-    os.makedirs(work, exist_ok=True)
+    cfg_dict["train"].update(cache_dir=os.path.join(folder_paths.get_output_directory(), "realiz3d_training",
+                                                    "encoded"), precache=True)
+    plan = plan_run(root, name, cfg_dict, bool(resume), on_change or REFUSE)
+    for note in plan.notes:
+        log.info("%s: %s", kind, note)
+    cfg_dict["output"]["dir"] = plan.folder
     cfg = load_config(cfg_dict)
-    ckpts = os.path.join(work, "checkpoints")
-    has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".ckpt") for f in os.listdir(ckpts))
-    if not resume and os.path.isdir(ckpts):
-        shutil.rmtree(ckpts)
     # a cancel must reach the trainer through should_stop (it then writes a checkpoint and the
     # outputs before returning), not as an exception in the middle of a step; ComfyUI's progress
     # hook raises the interrupt (and clears the flag), so it is caught and remembered here
@@ -133,11 +154,65 @@ def _train(cfg_dict: dict, flux, steps: int, resume: bool, kind: str):
     # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights loaded
     # inside inference mode cannot take part in a backward pass until they are normal tensors
     with torch.inference_mode(False), torch.enable_grad():
-        _normal_tensors(flux.pipeline.transformer)
-        result = train(cfg, pipe=flux.pipeline, progress=bar,
-                       should_stop=should_stop,
-                       log=lambda msg: log.info("%s: %s", kind, msg), resume=ckpts if resume and has_ckpt else None)
-    return result
+        if isinstance(model, FluxModel):
+            _normal_tensors(model.pipeline.transformer)
+            source = {"pipe": model.pipeline}
+        else:
+            source = {"backbone": _host_backbone(model, clip, vae, cfg)}
+        result = train(cfg, progress=bar, should_stop=should_stop, log=lambda msg: log.info("%s: %s", kind, msg),
+                       resume=plan.resume, on_change=CONTINUE if plan.continue_anyway else REFUSE, **source)
+    return result, plan.folder
+
+
+def _host_backbone(model, clip, vae, cfg):
+    """ComfyUI's MODEL (+ CLIP, VAE) as a training backbone: the module's weights are only read;
+    LoRAs, shifters and the embedder live beside it."""
+    from ..sampling.runtime import DiffusersCodec, encode_prompt, runtime_from_pipeline
+    from ..training.backbone import HostBackbone
+    from ..training.memory import training_memory
+
+    if not native.is_host_model(model):
+        raise InputError("model", "expects a MODEL (Load Diffusion Model, Load Checkpoint) or the output of Load "
+                                  "Flux Model (Realiz3D).")
+    module = native.flux_module(model)
+    if clip is None:
+        raise InputError("clip", "connect Flux's text encoders (DualCLIPLoader, type flux, or Load Flux Model's clip): "
+                                 "the captions of the training images are encoded with them.")
+    if vae is None:
+        raise InputError("vae", "connect Flux's VAE (Load VAE with ae.safetensors, or Load Flux Model's vae).")
+    max_len = cfg.train.max_sequence_length
+    if isinstance(clip, FluxModel):
+        def text(caption):
+            cond = encode_prompt(runtime_from_pipeline(clip.pipeline, clip.offload), caption, 1, max_len)
+            return cond.embeds[0], cond.pooled[0]
+    else:
+        if not hasattr(clip, "encode_from_tokens"):
+            raise InputError("clip", "expects a CLIP from DualCLIPLoader (type flux) or Load Flux Model's clip.")
+
+        def text(caption):
+            cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+            return cond[0], pooled[0]
+    if isinstance(vae, FluxModel):
+        codec = DiffusersCodec(vae.pipeline.vae)
+        images, shift, scale = (lambda im: codec.encode(im, None, "mean")), 0.0, 1.0
+    else:
+        codec = native.host_codec(vae, model)
+        images, shift, scale = (lambda im: vae.encode(im[..., :3])), codec.shift, codec.scale
+    dtype, device = native.compute_dtype(model), model.load_device
+
+    def release():
+        """After the encoders ran: the model onto the device, ComfyUI evicting what it must
+        (the text encoders and the VAE among them) to leave what a step needs."""
+        est = training_memory(_layout_of(module), cfg, weight_bytes=0)
+        comfy.model_management.load_models_gpu([model], memory_required=est.total)
+        _normal_tensors(module)
+
+    return HostBackbone(module, dtype, device, text, images, shift, scale, release=release)
+
+
+def _layout_of(module) -> dict:
+    return {"num_double": len(module.double_blocks), "num_single": len(module.single_blocks),
+            "hidden": int(module.hidden_size), "mlp": int(module.double_blocks[0].img_mlp[0].out_features)}
 
 
 def _normal_tensors(module: torch.nn.Module) -> None:
@@ -150,6 +225,23 @@ def _normal_tensors(module: torch.nn.Module) -> None:
         for name, b in list(m._buffers.items()):
             if b is not None and b.is_inference():
                 m._buffers[name] = b.clone()
+
+
+def _control(model, control: str, target: str) -> dict:
+    """The REALIZ3D_CONTROL that Load Control LoRA gives for these files."""
+    from ..engine.lora_files import attach_lora, read_lora
+    from ..engine.side_lora import SideLoRAs
+
+    if isinstance(model, FluxModel):            # the pack's own model: peft adapters, no side LoRAs
+        tr = model.pipeline.transformer
+        return {"model": model, "adapter": attach_lora(tr, control, "control", "control"),
+                "target_adapter": attach_lora(tr, target, "target", "target"), "side": None, "hidden": 0}
+    from ..engine.bfl_layers import BFLFluxLayers
+    layers, side = BFLFluxLayers(native.flux_module(model)), SideLoRAs()      # beside the shared weights
+    for path, logical, key in ((control, "control", "lora"), (target, "target", "target_lora")):
+        state = read_lora(path, key)
+        side.add(logical, state, layers.module_of, layers.hidden, key, os.path.basename(path), scale=state.scales)
+    return {"model": model, "adapter": "control", "target_adapter": "target", "side": side, "hidden": layers.hidden}
 
 
 def _curve(path) -> torch.Tensor:
@@ -165,16 +257,32 @@ def _finish(result) -> None:
         raise comfy.model_management.InterruptProcessingException()
 
 
-def _base(recipe: str, work: str, flux, steps, learning_rate, batch_size, size, seed, checkpoint_every) -> dict:
-    dtype = str(flux.pipeline.transformer.dtype).removeprefix("torch.")
+def _base(recipe: str, model, steps, learning_rate, batch_size, size, seed, checkpoint_every,
+          gradient_checkpointing=True) -> dict:
+    if isinstance(model, FluxModel):
+        dtype = str(model.pipeline.transformer.dtype).removeprefix("torch.")
+        device = "auto"
+    elif native.is_host_model(model):
+        dtype = str(native.compute_dtype(model)).removeprefix("torch.")
+        device = "cpu" if torch.device(model.load_device).type == "cpu" else "auto"
+    else:
+        raise InputError("model", "expects a MODEL (Load Diffusion Model, Load Checkpoint) or the output of Load "
+                                  "Flux Model (Realiz3D).")
     return {
         "recipe": recipe,
-        "model": {"dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32")},
-        "train": {"steps": steps, "lr": learning_rate, "batch_size": batch_size, "seed": seed, "log_every": 10},
+        "model": {"dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32"),
+                  "device": device},
+        "train": {"steps": steps, "lr": learning_rate, "batch_size": batch_size, "seed": seed, "log_every": 10,
+                  "gradient_checkpointing": bool(gradient_checkpointing)},
         "data": {"size": size},
         "checkpoint": {"every": checkpoint_every},
-        "output": {"dir": work},
+        "output": {"dir": ""},
     }
+
+
+def _compute_dtype(model):
+    return model.pipeline.transformer.x_embedder.weight.dtype if isinstance(model, FluxModel) \
+        else native.compute_dtype(model)
 
 
 class TrainDomainShifter(io.ComfyNode):
@@ -186,26 +294,27 @@ class TrainDomainShifter(io.ComfyNode):
             description="Realiz3D stage 1: the backbone stays frozen and one domain shifter per block learns the "
                         "gap between synthetic renders (domain S) and real photos (domain R). Saves "
                         "models/realiz3d_shifters/<output_name>.safetensors.",
-            inputs=[FluxType.Input("model", tooltip="From Load Flux Model: the backbone the shifters are for."),
+            inputs=[model_input("The Flux backbone the shifters are for: MODEL (Load Diffusion Model, fp8 or bf16; "
+                                "never modified) or Load Flux Model."),
                     *_data_inputs(),
                     io.Int.Input("rank", default=8, min=1, max=256, tooltip="Low-rank size of each shifter."),
                     io.Combo.Input("variant", options=["bias", "token"], default="bias",
                                    tooltip="bias: the method figure's shift per (block, domain), free at inference. "
                                            "token: a token-dependent shift."),
-                    *_common_inputs(1000, 1e-4)],
+                    *_common_inputs(1000, 1e-4), *_late_inputs()],
             outputs=[ShifterType.Output(display_name="shifter"), io.Image.Output(display_name="loss_curve")],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, model, real_folder, synthetic_folder, meshes_folder, caption, real_ratio, rank, variant,
-                steps, learning_rate, batch_size, size, seed, output_name, resume, checkpoint_every) -> io.NodeOutput:
+                steps, learning_rate, batch_size, size, seed, output_name, resume, checkpoint_every, clip=None,
+                vae=None, on_change=REFUSE, overwrite=False, gradient_checkpointing=True) -> io.NodeOutput:
         from ..adapters import load_shifters
 
-        flux = require_model(model)
         name = _output_name(output_name)
-        work = _work_dir(name, "shifters")
-        cfg = _base("stage1", work, flux, steps, learning_rate, batch_size, size, seed, checkpoint_every)
+        cfg = _base("stage1", model, steps, learning_rate, batch_size, size, seed, checkpoint_every,
+                    gradient_checkpointing)
         cfg["data"].update(real=_folder(real_folder, "real_folder", real_ratio > 0),
                            synthetic=_folder(synthetic_folder, "synthetic_folder", False),
                            meshes=_folder(meshes_folder, "meshes_folder", False), caption=caption,
@@ -214,10 +323,12 @@ class TrainDomainShifter(io.ComfyNode):
             raise InputError("synthetic_folder", "stage 1 needs synthetic samples: name a folder of renders or "
                                                  "of meshes (meshes_folder).")
         cfg["shifters"] = {"rank": rank, "variant": variant}
-        result = _train(cfg, flux, steps, resume, "Train Domain Shifter")
-        path = _install(result.outputs["shifters"], os.path.join(_model_root(SHIFTERS), name + ".safetensors"))
+        result, work = _train(cfg, model, clip, vae, steps, resume, on_change, "Train Domain Shifter", name,
+                              _runs_root("shifters"))
+        src = result.outputs["shifters"]
+        path = _install(work, {src: os.path.join(_model_root(SHIFTERS), name + ".safetensors")}, overwrite)[src]
         _finish(result)
-        shifters = load_shifters(path).to(flux.pipeline.transformer.x_embedder.weight.dtype)
+        shifters = load_shifters(path).to(_compute_dtype(model))
         return io.NodeOutput(shifters, _curve(result.loss_curve))
 
 
@@ -233,7 +344,8 @@ class TrainControl(io.ComfyNode):
                         "through domain reassignment and layer-aware freezing, keep the model photoreal; or, "
                         "with 'baseline' on, the standard fine-tuning it is compared with. Saves "
                         "models/loras/<output_name>_control.safetensors and _target.safetensors.",
-            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
+            inputs=[model_input("The Flux backbone: MODEL (Load Diffusion Model, fp8 or bf16; never modified) or "
+                                "Load Flux Model."),
                     io.Combo.Input("shifter", options=files, default=files[-1] if len(files) > 1 else files[0],
                                    tooltip="Stage-1 shifters (frozen here). Ignored by the baseline."),
                     io.Boolean.Input("baseline", default=False,
@@ -246,7 +358,7 @@ class TrainControl(io.ComfyNode):
                                  tooltip="Real samples: the first i ~ U{0..tau_b} blocks run in domain S and are not "
                                          "updated; at most the model's block count."),
                     io.Int.Input("lora_rank", default=16, min=1, max=256, tooltip="Rank of both LoRAs."),
-                    *_common_inputs(1000, 1e-4)],
+                    *_common_inputs(1000, 1e-4), *_late_inputs()],
             outputs=[ControlType.Output(display_name="control"), io.Image.Output(display_name="loss_curve")],
             is_output_node=True,
         )
@@ -258,13 +370,11 @@ class TrainControl(io.ComfyNode):
     @classmethod
     def execute(cls, model, shifter, baseline, real_folder, synthetic_folder, meshes_folder, caption, real_ratio,
                 control_map, tau_b, lora_rank, steps, learning_rate, batch_size, size, seed, output_name, resume,
-                checkpoint_every) -> io.NodeOutput:
-        from ..engine.lora_files import attach_lora
-
-        flux = require_model(model)
+                checkpoint_every, clip=None, vae=None, on_change=REFUSE, overwrite=False,
+                gradient_checkpointing=True) -> io.NodeOutput:
         name = _output_name(output_name)
-        work = _work_dir(name, "baseline" if baseline else "control")
-        cfg = _base("stage2", work, flux, steps, learning_rate, batch_size, size, seed, checkpoint_every)
+        cfg = _base("stage2", model, steps, learning_rate, batch_size, size, seed, checkpoint_every,
+                    gradient_checkpointing)
         cfg["data"].update(real=_folder(real_folder, "real_folder", real_ratio > 0),
                            synthetic=_folder(synthetic_folder, "synthetic_folder", False),
                            meshes=_folder(meshes_folder, "meshes_folder", False), caption=caption,
@@ -280,17 +390,14 @@ class TrainControl(io.ComfyNode):
             stage2["shifters"] = model_path(SHIFTERS, shifter, "shifter")
         cfg["stage2"] = stage2
         cfg["lora"] = {"rank": lora_rank, "alpha": lora_rank}
-        result = _train(cfg, flux, steps, resume, "Train Control")
+        result, work = _train(cfg, model, clip, vae, steps, resume, on_change, "Train Control", name,
+                              _runs_root("baseline" if baseline else "control"))
         root = _model_root(LORAS)
-        control = _install(result.outputs["control_lora"], os.path.join(root, f"{name}_control.safetensors"))
-        target = _install(result.outputs["target_lora"], os.path.join(root, f"{name}_target.safetensors"))
+        c_src, t_src = result.outputs["control_lora"], result.outputs["target_lora"]
+        got = _install(work, {c_src: os.path.join(root, f"{name}_control.safetensors"),
+                              t_src: os.path.join(root, f"{name}_target.safetensors")}, overwrite)
         _finish(result)
-        transformer = flux.pipeline.transformer
-        # the REALIZ3D_CONTROL layout of Load Control LoRA for the pack's own model (no side LoRAs)
-        adapters = {"model": flux, "adapter": attach_lora(transformer, control, "control", "control"),
-                    "target_adapter": attach_lora(transformer, target, "target", "target"), "side": None,
-                    "hidden": 0}
-        return io.NodeOutput(adapters, _curve(result.loss_curve))
+        return io.NodeOutput(_control(model, got[c_src], got[t_src]), _curve(result.loss_curve))
 
 
 class TrainRefAny3D(io.ComfyNode):
@@ -302,7 +409,8 @@ class TrainRefAny3D(io.ComfyNode):
             description="RefAny3D's dual-LoRA training (Reference-LoRA 'default', Domain-LoRA 'coord' and the "
                         "domain embedder) on triplets (image, mesh, pose). Saves models/refany3d/<output_name>/ "
                         "default.safetensors, coord.safetensors, domain_embedder.safetensors.",
-            inputs=[FluxType.Input("model", tooltip="From Load Flux Model."),
+            inputs=[model_input("The Flux backbone: MODEL (Load Diffusion Model, fp8 or bf16; never modified) or "
+                                "Load Flux Model."),
                     io.String.Input("triplets_folder", default="realiz3d_train/refany3d",
                                     tooltip="Folder under ComfyUI's input folder: NAME.png + NAME.json (mesh, pose, "
                                             "fov, caption); see the pack's training/README.md."),
@@ -314,25 +422,26 @@ class TrainRefAny3D(io.ComfyNode):
                                    tooltip="Share of steps trained with an empty prompt."),
                     io.Float.Input("condition_dropout", default=0.1, min=0.0, max=1.0, step=0.05,
                                    tooltip="Share of steps trained with all conditions black (for image CFG)."),
-                    *_common_inputs(1000, 1e-4)],
+                    *_common_inputs(1000, 1e-4), *_late_inputs()],
             outputs=[io.Image.Output(display_name="loss_curve")],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, model, triplets_folder, views, condition_size, lora_rank, prompt_dropout, condition_dropout,
-                steps, learning_rate, batch_size, size, seed, output_name, resume, checkpoint_every) -> io.NodeOutput:
-        flux = require_model(model)
+                steps, learning_rate, batch_size, size, seed, output_name, resume, checkpoint_every, clip=None,
+                vae=None, on_change=REFUSE, overwrite=False, gradient_checkpointing=True) -> io.NodeOutput:
         name = _output_name(output_name)
-        work = _work_dir(name, "refany3d")
-        cfg = _base("refany3d", work, flux, steps, learning_rate, batch_size, size, seed, checkpoint_every)
+        cfg = _base("refany3d", model, steps, learning_rate, batch_size, size, seed, checkpoint_every,
+                    gradient_checkpointing)
         cfg["data"]["refany3d"] = _folder(triplets_folder, "triplets_folder", True)
         cfg["refany3d"] = {"n_views": views, "condition_size": condition_size, "prompt_dropout": prompt_dropout,
                            "condition_dropout": condition_dropout}
         cfg["lora"] = {"rank": lora_rank, "alpha": lora_rank}
-        result = _train(cfg, flux, steps, resume, "Train RefAny3D")
+        result, work = _train(cfg, model, clip, vae, steps, resume, on_change, "Train RefAny3D", name,
+                              _runs_root("refany3d"))
         folder = os.path.join(_model_root(REFANY3D), name)
-        for kind in ("default", "coord", "domain_embedder"):
-            _install(result.outputs[kind], os.path.join(folder, f"{kind}.safetensors"))
+        _install(work, {result.outputs[k]: os.path.join(folder, f"{k}.safetensors")
+                        for k in ("default", "coord", "domain_embedder")}, overwrite, folder=True)
         _finish(result)
         return io.NodeOutput(_curve(result.loss_curve))

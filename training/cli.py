@@ -13,10 +13,13 @@ import sys
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="train.py", description="Train Realiz3D shifters / LoRAs or RefAny3D "
+    parser = argparse.ArgumentParser(description="Train Realiz3D shifters / LoRAs or RefAny3D "
                                                                   "adapters (see training/README.md).")
     parser.add_argument("config", help="YAML config (training/configs/*.yaml are ready to copy)")
     parser.add_argument("--resume", default=None, help="a checkpoint file, or a folder whose newest one is used")
+    parser.add_argument("--continue-anyway", action="store_true",
+                        help="resume even when the config differs from the checkpoint's (the differences are "
+                             "logged); without it such a resume is refused with the differences listed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     args = parser.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         result = train(cfg, progress=progress, should_stop=lambda: stop["requested"], log=write,
-                       resume=args.resume)
+                       resume=args.resume, on_change="continue anyway" if args.continue_anyway else "refuse")
     except InputError as exc:
         write(f"error: {exc}")
         return 2

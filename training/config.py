@@ -30,6 +30,7 @@ RENDER_IMAGES = ("albedo", "lit")
 VARIANTS = ("bias", "token")
 BACKENDS = ("auto", "pyrender", "pyrender (worker)", "pyrender (in-process)", "raycast")   # renderers.BACKENDS
 LORA_INITS = ("auto", "gaussian", "kaiming")
+MEMORY_CHECKS = ("error", "warn", "off")
 #: SPEC.md section 2: RefAny3D's LoRA targets, the image-stream modules of the blocks (also used for
 #: Realiz3D's LoRAs): peft's full-match regex of refany3d/lora_targets.py
 LORA_TARGETS = LORA_TARGET_MODULES
@@ -92,6 +93,7 @@ class TrainSection:
     grad_clip: float = 1.0            # max gradient norm; 0 turns clipping off
     precision: str = "no"             # mixed precision through accelerate: no | bf16 | fp16
     gradient_checkpointing: bool = False
+    compile: bool = False             # torch.compile the engine's block functions (the layout is fixed per recipe)
     seed: int = 0
     logit_mean: float = 0.0           # timesteps t = sigmoid(N(logit_mean, logit_std))
     logit_std: float = 1.0
@@ -100,6 +102,10 @@ class TrainSection:
     cache_latents: bool = True        # keep each sample's latent distribution after its first encoding
     latent_cache_mb: int = 4096       # bound of those kept latents (CPU RAM, MB); least recently used evicted; 0: none
     text_cache_size: int = 256        # captions whose T5/CLIP embeddings are kept
+    cache_dir: str = ""               # folder for encoded captions and latents on disk ("" = none)
+    cache_disk_mb: int = 8192         # bound of that folder (MB); least recently used files deleted
+    precache: bool = False            # encode every sample before the first step, then release the encoders
+    memory_check: str = "error"       # GPU estimate above free memory before the first step: error | warn | off
     max_sequence_length: int = 512    # T5 tokens
     log_every: int = 10
 
@@ -180,7 +186,7 @@ class TrainConfig:
 
 PATH_KEYS = ("model.folder", "model.transformer", "model.vae", "model.clip", "model.t5", "model.clip_tokenizer",
              "model.t5_tokenizer", "data.real", "data.synthetic", "data.meshes", "data.refany3d", "stage2.shifters",
-             "refany3d.init_from", "checkpoint.dir", "output.dir")
+             "refany3d.init_from", "checkpoint.dir", "output.dir", "train.cache_dir")
 
 
 def load_config(source: Union[str, dict, None] = None, overrides: Union[dict, list, None] = None,
@@ -349,6 +355,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.logit_std > 0, "train.logit_std", f"must be positive (got {t.logit_std}).")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0 (got {t.guidance}).")
     _one_of(t.latents, LATENT_MODES, "train.latents")
+    _one_of(t.memory_check, MEMORY_CHECKS, "train.memory_check")
+    _check(t.cache_disk_mb >= 0, "train.cache_disk_mb", f"must be >= 0 megabytes (got {t.cache_disk_mb}).")
     _check(t.latent_cache_mb >= 0, "train.latent_cache_mb",
            f"must be >= 0 megabytes (0 keeps no latent; got {t.latent_cache_mb}).")
     _check(t.text_cache_size >= 1, "train.text_cache_size", f"must be at least 1 (got {t.text_cache_size}).")

@@ -1,6 +1,8 @@
 """Frozen encoders during training: text embeddings once per caption, VAE latent distributions
 once per sample, both kept on the CPU in bounded LRU caches (``train.text_cache_size``
-captions, ``train.latent_cache_mb`` megabytes of latents).
+captions, ``train.latent_cache_mb`` megabytes of latents) and, with ``train.cache_dir``, on
+disk (:class:`DiskCache`, bounded by ``train.cache_disk_mb``): a second run on the same data,
+or a resumed one, encodes nothing.
 
 A latent is drawn from the cached posterior N(mean, std) with the step's own generator
 (``train.latents: sample``) or taken as its mean, so caching changes nothing in what is
@@ -8,28 +10,99 @@ trained: a sample's latent is the same whether it was cached or encoded again.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import OrderedDict
 from typing import Optional
 
 import torch
 
 
-class TextCache:
-    """(T5 tokens [B, L, C], pooled CLIP [B, P], text ids [L, 3]) per caption, LRU of ``size`` captions."""
+class DiskCache:
+    """Tensors by key in ``folder`` (one safetensors file per key, named by the key's digest),
+    at most ``max_bytes`` in all: the least recently used files are deleted beyond that. A key
+    must name its content (caption text; sample key plus a digest of the pixels), so a changed
+    file is a new key, never a stale hit."""
 
-    def __init__(self, pipe, device, max_sequence_length: int, size: int):
-        self.pipe, self.device, self.max_len, self.size = pipe, device, max_sequence_length, size
+    def __init__(self, folder: str, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        os.makedirs(folder, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.folder, hashlib.sha256(key.encode()).hexdigest()[:40] + ".safetensors")
+
+    def get(self, key: str) -> Optional[dict]:
+        from safetensors.torch import load_file
+
+        path = self._path(key)
+        try:
+            out = load_file(path)
+            os.utime(path)                                    # recently used
+            return out
+        except Exception:                                     # absent, or a partial file of a killed run
+            return None
+
+    def put(self, key: str, tensors: dict) -> None:
+        from .outputs import save_safetensors
+
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size > self.max_bytes:
+            return
+        try:
+            save_safetensors(tensors, self._path(key))
+        except OSError:
+            return                                            # a full disk only costs encoding again
+        self._bound()
+
+    def _bound(self) -> None:
+        files = []
+        for name in os.listdir(self.folder):
+            if name.endswith(".safetensors"):
+                path = os.path.join(self.folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                files.append((st.st_mtime, st.st_size, path))
+        total = sum(f[1] for f in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            try:
+                os.remove(path)
+                total -= size
+            except OSError:
+                pass
+
+
+def content_key(key: str, images: torch.Tensor) -> str:
+    """``key`` plus a digest of the pixels (what the disk cache is keyed by)."""
+    data = images.detach().float().cpu().contiguous().numpy().tobytes()
+    return f"{key}|{tuple(images.shape)}|{hashlib.sha256(data).hexdigest()[:24]}"
+
+
+class TextCache:
+    """(T5 tokens [B, L, C], pooled CLIP [B, P], text ids [L, 3]) per caption, LRU of ``size``
+    captions; backbone: training.backbone.Backbone (or a FluxPipeline)."""
+
+    def __init__(self, backbone, device, max_sequence_length: int, size: int, disk: Optional[DiskCache] = None):
+        from .backbone import as_backbone
+        self.backbone, self.device, self.max_len, self.size = as_backbone(backbone, device), device, \
+            max_sequence_length, size
         self.store: OrderedDict = OrderedDict()
-        self.ids: Optional[torch.Tensor] = None
+        self.disk = disk
         self.encoded = 0          # encoder calls (tests check the cache)
 
-    @torch.no_grad()
     def _encode(self, caption: str):
-        embeds, pooled, ids = self.pipe.encode_prompt(prompt=caption, prompt_2=None, device=self.device,
-                                                      num_images_per_prompt=1, max_sequence_length=self.max_len)
+        key = f"text|{self.max_len}|{caption}"
+        hit = self.disk.get(key) if self.disk is not None else None
+        if hit is not None:
+            return hit["embeds"], hit["pooled"]
+        embeds, pooled = self.backbone.encode_text(caption, self.max_len)
         self.encoded += 1
-        self.ids = ids
-        return embeds[0].cpu(), pooled[0].cpu()
+        if self.disk is not None:
+            self.disk.put(key, {"embeds": embeds, "pooled": pooled})
+        return embeds, pooled
 
     def get(self, captions: list[str], dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         embeds, pooled = [], []
@@ -42,7 +115,7 @@ class TextCache:
             e, p = self.store[c]
             embeds.append(e), pooled.append(p)
         return (torch.stack(embeds).to(self.device, dtype), torch.stack(pooled).to(self.device, dtype),
-                self.ids.to(self.device, dtype))
+                torch.zeros(embeds[0].shape[0], 3, device=self.device, dtype=dtype))
 
 
 class LatentCache:
@@ -55,9 +128,12 @@ class LatentCache:
     so the same latents for the same generator).
     """
 
-    def __init__(self, pipe, device, enabled: bool = True, max_bytes: Optional[int] = None):
-        self.pipe, self.device, self.enabled = pipe, device, enabled
+    def __init__(self, backbone, device, enabled: bool = True, max_bytes: Optional[int] = None,
+                 disk: Optional[DiskCache] = None):
+        from .backbone import as_backbone
+        self.backbone, self.device, self.enabled = as_backbone(backbone, device), device, enabled
         self.max_bytes = max_bytes            # None: no bound
+        self.disk = disk
         self.store: OrderedDict = OrderedDict()
         self.bytes = 0                        # what the kept entries hold
         self.encoded = 0
@@ -67,28 +143,25 @@ class LatentCache:
         mean, std, _ = entry
         return mean.numel() * mean.element_size() + std.numel() * std.element_size()
 
-    @torch.no_grad()
-    def _encode(self, images: torch.Tensor):
-        pipe = self.pipe
-        vae = pipe.vae
-        x = images.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2.0 - 1.0
-        dist = vae.encode(x).latent_dist
-        scale, shift = vae.config.scaling_factor, vae.config.shift_factor
-        mean = (dist.mean - shift) * scale
-        std = dist.std * scale
-        n, c, h, w = mean.shape
+    def _encode(self, images: torch.Tensor, key: str = ""):
+        disk_key = content_key("latent|" + key, images) if self.disk is not None else None
+        hit = self.disk.get(disk_key) if disk_key else None
+        if hit is not None:
+            return hit["mean"], hit["std"], tuple(int(v) for v in hit["hw"].tolist())
+        mean, std, hw = self.backbone.encode_images(images)
         self.encoded += 1
-        return (pipe._pack_latents(mean, n, c, h, w).float().cpu(), pipe._pack_latents(std, n, c, h, w).float().cpu(),
-                (h, w))
+        if disk_key:
+            self.disk.put(disk_key, {"mean": mean, "std": std, "hw": torch.tensor(hw)})
+        return mean, std, hw
 
     def dist(self, key: str, images: torch.Tensor):
         """(mean, std) [N, T, 64] float32 on the CPU, and the latent grid (h, w)."""
         if not self.enabled:
-            return self._encode(images)
+            return self._encode(images, key)
         if key in self.store:
             self.store.move_to_end(key)
             return self.store[key]
-        entry = self._encode(images)
+        entry = self._encode(images, key)
         size = self.entry_bytes(entry)
         if self.max_bytes is not None and size > self.max_bytes:
             return entry                      # larger than the whole cache: never kept
@@ -101,7 +174,7 @@ class LatentCache:
 
     def ids(self, h: int, w: int, dtype) -> torch.Tensor:
         """Position ids [T, 3] of a latent grid (h, w) (before 2x2 packing)."""
-        return self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, dtype)
+        return self.backbone.ids(h, w, dtype)
 
 
 def draw(mean: torch.Tensor, std: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:

@@ -41,10 +41,10 @@ from ..sampling import realiz3d_layout
 from ..refany3d.domain_embedder import make_domain_embedder
 from ..renderers.errors import InputError
 from .data import REAL, SYNTHETIC, Sample
-from .encode import LatentCache, TextCache, draw
+from .backbone import as_backbone
+from .encode import DiskCache, LatentCache, TextCache, draw
 from .flow_matching import logit_normal, mse_per_sample, noisy, velocity
-from .lora import add_lora, load_into_lora, remove_lora, save_lora
-from .outputs import save_safetensors, save_transformer
+from .outputs import save_safetensors
 
 CONTROL, TARGET = "train_control", "train_target"
 REFERENCE, DOMAIN = "train_default", "train_coord"
@@ -73,17 +73,20 @@ class Recipe(ABC):
     name = ""
 
     def __init__(self, cfg, pipe, device, log: Callable[[str], None] = print):
-        self.cfg, self.pipe, self.device, self.log = cfg, pipe, torch.device(device), log
-        self.transformer = tr = pipe.transformer
-        self.dtype = tr.x_embedder.weight.dtype
-        self.has_guidance = bool(tr.config.guidance_embeds)
-        self.num_blocks = len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
-        self.text = TextCache(pipe, self.device, cfg.train.max_sequence_length, cfg.train.text_cache_size)
-        self.latents = LatentCache(pipe, self.device, cfg.train.cache_latents,
-                                   int(cfg.train.latent_cache_mb * 2 ** 20))
-        self._requires_grad = [p.requires_grad for p in tr.parameters()]
-        self._lora_names: list[str] = []
-        tr.requires_grad_(False)
+        """pipe: a training.backbone.Backbone, or a diffusers FluxPipeline."""
+        self.cfg, self.device, self.log = cfg, torch.device(device), log
+        self.backbone = bb = as_backbone(pipe, device)
+        self.pipe = getattr(bb, "pipe", None)
+        self.transformer = getattr(bb, "transformer", None)          # diffusers only
+        self.layers = bb.layers
+        self.dtype = bb.dtype
+        self.has_guidance = bool(bb.layers.has_guidance)
+        self.num_blocks = bb.layers.num_blocks
+        t = cfg.train
+        disk = DiskCache(t.cache_dir, int(t.cache_disk_mb * 2 ** 20)) if t.cache_dir else None
+        self.text = TextCache(bb, self.device, t.max_sequence_length, t.text_cache_size, disk)
+        self.latents = LatentCache(bb, self.device, t.cache_latents, int(t.latent_cache_mb * 2 ** 20), disk)
+        bb.freeze()
         self.engine: Optional[FluxEngine] = None
 
     # ---------------------------------------------------------------- interface
@@ -102,9 +105,7 @@ class Recipe(ABC):
 
     def layout(self) -> dict:
         """What a checkpoint must match to be resumed by this recipe."""
-        c = self.transformer.config
-        return {"recipe": self.name, "mode": self.mode, "num_double": int(c.num_layers),
-                "num_single": int(c.num_single_layers), "hidden": int(c.num_attention_heads * c.attention_head_dim),
+        return {"recipe": self.name, "mode": self.mode, **self.backbone.layout(),
                 "trainables": {n: list(p.shape) for n, p in self.trainables().items()}}
 
     mode = ""
@@ -141,14 +142,14 @@ class Recipe(ABC):
 
     def release(self) -> None:
         """Give a caller's transformer back as it came: training adapters removed, grad flags restored."""
-        remove_lora(self.transformer, self._lora_names)
-        for p, flag in zip(self.transformer.parameters(), self._requires_grad):
-            p.requires_grad_(flag)
+        self.backbone.restore()
+
+    def warm(self, sample: Sample) -> None:
+        """Encode what ``sample`` needs into the caches (before the first step)."""
 
     def _add_lora(self, name: str) -> dict:
         lc = self.cfg.lora
-        params = add_lora(self.transformer, name, lc.rank, lc.alpha, lc.targets, init=lc.peft_init(self.cfg.recipe))
-        self._lora_names.append(name)
+        params = self.backbone.add_lora(name, lc.rank, lc.alpha, lc.targets, init=lc.peft_init(self.cfg.recipe))
         return {f"lora.{n}": p for n, p in params.items()}
 
 
@@ -157,7 +158,7 @@ class Realiz3DRecipe(Recipe):
 
     def __init__(self, cfg, pipe, device, log=print):
         super().__init__(cfg, pipe, device, log)
-        tr, s2 = self.transformer, cfg.stage2
+        tr, s2 = self.layers, cfg.stage2
         self.stage1 = cfg.recipe == "stage1"
         self.baseline = not self.stage1 and s2.baseline
         self.full = not self.stage1 and s2.full_finetune
@@ -184,14 +185,13 @@ class Realiz3DRecipe(Recipe):
         self.control_adapters, self.target_adapters = (), ()
         if not self.stage1:
             if self.full:
-                tr.requires_grad_(True)
-                self._params.update((f"transformer.{n}", p) for n, p in tr.named_parameters() if ".lora_" not in n)
+                self._params.update((f"transformer.{n}", p) for n, p in self.backbone.full_parameters().items())
             else:
                 self._params.update(self._add_lora(CONTROL))
                 self._params.update(self._add_lora(TARGET))
                 self.control_adapters, self.target_adapters = (CONTROL,), (TARGET,)
         self.engine = FluxEngine(tr, shifters=self.shifters, precompute_shifts=not self.stage1,
-                                 checkpointing=cfg.train.gradient_checkpointing)
+                                 checkpointing=cfg.train.gradient_checkpointing, compile=cfg.train.compile)
 
     def trainables(self):
         return self._params
@@ -215,6 +215,12 @@ class Realiz3DRecipe(Recipe):
             return Plan()
         i = int(torch.randint(0, self.cfg.stage2.tau_b + 1, (1,), generator=gen))
         return Plan(frozen=i, domains=(self.S,) * i + (self.R,) * (nb - i))
+
+    def warm(self, sample: Sample) -> None:
+        self.text.get([sample.caption], self.dtype)
+        self.latents.dist(sample.key, sample.image[None])
+        if sample.domain == SYNTHETIC and not self.stage1 and self.cfg.data.controls and sample.controls is not None:
+            self.latents.dist(sample.key + "|controls", sample.controls)
 
     def run_group(self, samples, plans, gens):
         cfg, dev, dt = self.cfg, self.device, self.dtype
@@ -243,10 +249,10 @@ class Realiz3DRecipe(Recipe):
             out["shifters"] = os.path.join(out_dir, "shifters.safetensors")
             save_shifters(copy.deepcopy(self.shifters).cpu(), out["shifters"])
         if self.full:
-            out["transformer"] = save_transformer(self.transformer, os.path.join(out_dir, "transformer.safetensors"))
+            out["transformer"] = self.backbone.save_full(os.path.join(out_dir, "transformer.safetensors"))
         elif not self.stage1:
             for kind, name in (("control_lora", CONTROL), ("target_lora", TARGET)):
-                out[kind] = save_lora(self.transformer, name, os.path.join(out_dir, f"{kind}.safetensors"))
+                out[kind] = self.backbone.save_lora(name, os.path.join(out_dir, f"{kind}.safetensors"))
         return out
 
 
@@ -255,11 +261,11 @@ class RefAny3DRecipe(Recipe):
 
     def __init__(self, cfg, pipe, device, log=print):
         super().__init__(cfg, pipe, device, log)
-        tr, ra = self.transformer, cfg.refany3d
+        tr, ra = self.layers, cfg.refany3d
         self._params: OrderedDict = OrderedDict()
         self._params.update(self._add_lora(REFERENCE))
         self._params.update(self._add_lora(DOMAIN))
-        hidden = tr.config.num_attention_heads * tr.config.attention_head_dim
+        hidden = tr.hidden
         self.embedder = make_domain_embedder(hidden).to(self.device)
         if ra.init_from:
             self._init_from(ra.init_from, hidden)
@@ -268,7 +274,8 @@ class RefAny3DRecipe(Recipe):
         self.n_views = ra.n_views
         self.adapters = [tuple(names[a] for a in ad) for ad in layout.adapters(ra.n_views)]
         self.mask = layout.group_mask(ra.n_views, text_agnostic=ra.text_agnostic).to(self.device)
-        self.engine = FluxEngine(tr, domain_embedder=self.embedder, checkpointing=cfg.train.gradient_checkpointing)
+        self.engine = FluxEngine(tr, domain_embedder=self.embedder, checkpointing=cfg.train.gradient_checkpointing,
+                                 compile=cfg.train.compile)
 
     def trainables(self):
         return self._params
@@ -284,7 +291,7 @@ class RefAny3DRecipe(Recipe):
         for file, adapter in (("default.safetensors", REFERENCE), ("coord.safetensors", DOMAIN)):
             if file not in names:
                 raise InputError(key, f"'{folder}' has no {file}.")
-            load_into_lora(self.transformer, adapter, os.path.join(folder, file), key)
+            self.backbone.load_lora(adapter, os.path.join(folder, file), key)
         embedder = next((n for n in ("domain_embedder.safetensors", "domain_embedder.pth") if n in names), None)
         if embedder is None:
             raise InputError(key, f"'{folder}' has no domain_embedder.safetensors or domain_embedder.pth.")
@@ -298,6 +305,14 @@ class RefAny3DRecipe(Recipe):
         u = torch.rand(2, generator=gen)
         ra = self.cfg.refany3d
         return Plan(drop_prompt=bool(u[0] < ra.prompt_dropout), drop_conditions=bool(u[1] < ra.condition_dropout))
+
+    def warm(self, sample: Sample) -> None:
+        self.text.get([sample.caption, ""], self.dtype)
+        self.latents.dist(sample.key, sample.image[None])
+        self.latents.dist(sample.key + "|points", sample.point_map[None])
+        rgb, pts = sample.views
+        self.latents.dist(f"black|{rgb.shape[1]}x{rgb.shape[2]}", torch.zeros_like(rgb[:1]))
+        self.latents.dist("views|" + sample.views_key, torch.cat([rgb, pts]))
 
     def _views(self, s: Sample, drop: bool, gen: torch.Generator):
         rgb, pts = s.views
@@ -335,8 +350,8 @@ class RefAny3DRecipe(Recipe):
         return mse_per_sample(out[1], velocity(x0, ex)) + mse_per_sample(out[2], velocity(y0, ey))
 
     def write_outputs(self, out_dir: str) -> dict:
-        return {"default": save_lora(self.transformer, REFERENCE, os.path.join(out_dir, "default.safetensors")),
-                "coord": save_lora(self.transformer, DOMAIN, os.path.join(out_dir, "coord.safetensors")),
+        return {"default": self.backbone.save_lora(REFERENCE, os.path.join(out_dir, "default.safetensors")),
+                "coord": self.backbone.save_lora(DOMAIN, os.path.join(out_dir, "coord.safetensors")),
                 "domain_embedder": save_safetensors(self.embedder.state_dict(),
                                                     os.path.join(out_dir, "domain_embedder.safetensors"),
                                                     {"format": "refany3d-domain-embedder"})}

@@ -25,7 +25,9 @@ from .data import REAL, SYNTHETIC, TRIPLET, build_datasets
 from .data_order import DataOrder, SampleLoader, seed_of
 from .loss_curve import save_loss_curve
 from .outputs import save_text
+from .backbone import DiffusersBackbone
 from .recipes import make_recipe
+from .runs import CONTINUE, check_resume
 
 logger = logging.getLogger("realiz3d.training")
 
@@ -167,7 +169,8 @@ def _buckets(params: list, size: int = 1 << 25):
 
 def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], None]] = None,
           should_stop: Optional[Callable[[], bool]] = None, log: Optional[Callable[[str], None]] = None,
-          resume: Optional[str] = None, datasets: Optional[dict] = None) -> TrainResult:
+          resume: Optional[str] = None, datasets: Optional[dict] = None, on_change: str = "refuse",
+          backbone=None) -> TrainResult:
     """Train ``cfg.recipe``; returns a :class:`TrainResult`.
 
     pipe: an already loaded diffusers FluxPipeline (else loaded from cfg.model). Training adds
@@ -176,11 +179,20 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
     pipeline you own. progress(step, total) after every step; should_stop() is checked before
     every step: when true, a checkpoint and the outputs are written and the result has
     stopped=True. log(str) receives the log lines (default: the ``realiz3d.training`` logger).
-    resume: a checkpoint file, or a folder whose newest checkpoint is used.
+    resume: a checkpoint file, or a folder whose newest checkpoint is used. Its stored config is
+    compared with ``cfg`` (training.runs): any change beyond steps, logging, checkpointing and
+    caches is refused with the differences listed, unless ``on_change`` is 'continue anyway'.
+    backbone: a :class:`training.backbone.Backbone` to train on instead of ``pipe`` (ComfyUI's
+    MODEL through nodes/: its weights are never modified).
     datasets: {source: Dataset} to train on instead of the folders of cfg.data (sources:
     'real' / 'synthetic', or 'refany3d').
     """
     accel = make_accelerator(cfg)
+    if accel.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise InputError("accelerate", f"this trainer runs data parallel only (every process holds the model and "
+                                       f"gradients are averaged); {accel.distributed_type.name} sharding is not "
+                                       "supported yet. Launch with training/configs/accelerate_multi_gpu.yaml "
+                                       "(or --multi_gpu).")
     dist = _Distributed(accel)
     main = accel.is_main_process
 
@@ -188,11 +200,13 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
         if main:
             (log or logger.info)(msg)
 
-    own_pipe = pipe is None
-    if own_pipe:
-        pipe = load_pipe(cfg, accel.device)
-    else:
-        pipe.to(accel.device)
+    own_pipe = pipe is None and backbone is None
+    if backbone is None:
+        if own_pipe:
+            pipe = load_pipe(cfg, accel.device)
+        else:
+            pipe.to(accel.device)
+        backbone = DiffusersBackbone(pipe, accel.device)
     if datasets is None:
         datasets = build_datasets(cfg, say)
     ratios = _ratios(cfg)
@@ -205,15 +219,48 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed % 2 ** 32)
     random.seed(cfg.train.seed)
-    recipe = make_recipe(cfg, pipe, accel.device, say)
+    recipe = make_recipe(cfg, backbone, accel.device, say)
     try:
-        return _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume)
+        if cfg.train.precache:
+            _precache(recipe, loader, order, say, should_stop)
+            backbone.release_encoders()
+        return _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume,
+                    on_change == CONTINUE)
     finally:
         if not own_pipe:
             recipe.release()
 
 
-def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume) -> TrainResult:
+def _precache(recipe, loader, order, say, should_stop=None) -> None:
+    """Encode every sample's captions and latents into the caches before the first step, so the
+    encoders can leave the device (train.precache)."""
+    n = sum(order.sizes[s] for s in order.sources)
+    say(f"encoding {n} samples (captions and latents) before the first step")
+    tick = time.perf_counter()
+    before = recipe.latents.encoded + recipe.text.encoded
+    for source in order.sources:
+        for i in range(order.sizes[source]):
+            if should_stop is not None and should_stop():
+                return
+            with torch.no_grad():
+                recipe.warm(loader.load(source, i))
+    done = recipe.latents.encoded + recipe.text.encoded - before
+    say(f"encoded in {time.perf_counter() - tick:.1f} s ({done} encoder calls; the rest came from the cache)")
+
+
+def _check_memory(cfg, recipe, device, say) -> None:
+    """Before the first step: the estimate (training.memory) against the device's free memory."""
+    from .memory import check_fits
+
+    bb = recipe.backbone
+    free, _ = torch.cuda.mem_get_info(device)
+    est = check_fits(bb.layout(), cfg, free, bb.resident_bytes(device), bb.weight_bytes(), say,
+                     compute_bytes=torch.finfo(recipe.dtype).bits // 8)
+    say(f"memory estimate: {est.describe()}; {free / 2 ** 30:.1f} GiB free")
+
+
+def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume,
+         continue_anyway: bool = False) -> TrainResult:
     main, t = accel.is_main_process, cfg.train
     named = recipe.trainables()
     params = list(named.values())
@@ -223,11 +270,16 @@ def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, re
     if resume:
         data = read_checkpoint(resume)
         check_compatible(data, recipe.layout())
+        check_resume(data, cfg.to_dict(), CONTINUE if continue_anyway else "refuse", say)
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(data["params"][name].to(p.device, p.dtype))
         optimizer.load_state_dict(data["optimizer"])
-        order.load_state_dict(data["order"])
+        if continue_anyway and dict(data["order"]["sizes"]) != order.sizes:
+            say(f"the datasets changed size ({data['order']['sizes']} -> {order.sizes}): a fresh sample order")
+            order.step = int(data["order"]["step"])
+        else:
+            order.load_state_dict(data["order"])
         set_rng_state(data["rng"])
         step, result.losses = int(data["step"]), list(data["losses"])
         say(f"resumed from {data['path']} at step {step}")
@@ -247,6 +299,8 @@ def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, re
             say(f"checkpoint {result.checkpoint}")
         accel.wait_for_everyone()
 
+    if accel.device.type == "cuda":
+        _check_memory(cfg, recipe, accel.device, say)
     rank, world, batch = accel.process_index, accel.num_processes, t.batch_size
     say(f"{recipe.name} ({recipe.mode}): {sum(p.numel() for p in params):,} trained parameters in {len(params)} "
         f"tensors, {t.steps} steps x {batch * world} samples, {world} process(es) on {accel.device}")
@@ -307,10 +361,14 @@ def evaluate_loss(cfg: TrainConfig, pipe, samples: list, parameters: Optional[di
                   draws: int = 4) -> float:
     """Mean loss of ``samples`` under fixed draws (plan, timestep, noise from ``seed``), with the
     recipe's trainables set to ``parameters`` (a TrainResult's) or freshly initialised: a
-    validation loss that is comparable across runs. LoRA and shifter recipes leave ``pipe`` as
+    validation loss that is comparable across runs (``pipe``: a FluxPipeline or a training
+    Backbone). LoRA and shifter recipes leave ``pipe`` as
     they found it; for full fine-tuning the parameters are copied into ``pipe.transformer``."""
+    from .backbone import as_backbone
+
     torch.manual_seed(cfg.train.seed)
-    recipe = make_recipe(cfg, pipe, pipe.transformer.device, lambda msg: None)
+    backbone = as_backbone(pipe)
+    recipe = make_recipe(cfg, backbone, backbone.device, lambda msg: None)
     try:
         if parameters is not None:
             with torch.no_grad():

@@ -227,3 +227,99 @@ def test_a_triplet_whose_mesh_leaves_the_dataset_folder_is_refused(setup):
         assert set(glob.glob(os.path.join(server.base, "models", "**", "*"), recursive=True)) == before
     ok = server.run(template(output_name="e2e_after_escape", steps=1))
     assert ok["status"]["status_str"] == "success", error_message(ok)
+
+
+# ---------------------------------------------------------------- ComfyUI's own MODEL; run policy
+
+def native_setup(server):
+    """The tiny set's transformer as a diffusion-model file (the same weights as FLUX.1-dev above)."""
+    path = os.path.join(models(server, "diffusion_models"), "native_train", "tiny-flux.safetensors")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        import tempfile
+        shutil.copy(write_tiny_set(tempfile.mkdtemp(prefix="r3d-native-train-")).transformer, path)
+    vae = os.path.join(models(server, "vae"), "native_train", "ae.safetensors")
+    if not os.path.isfile(vae):                      # Flux's VAE architecture, random weights, for Load VAE
+        import torch
+        from diffusers import AutoencoderKL
+        from safetensors.torch import save_file
+
+        from realiz3d.loading import configs
+        torch.manual_seed(0)
+        model = AutoencoderKL.from_config({k: v for k, v in configs.load("flux_vae").items() if not k.startswith("_")})
+        os.makedirs(os.path.dirname(vae), exist_ok=True)
+        save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, vae)
+    if not os.path.exists(os.path.join(models(server, "realiz3d_shifters"), "e2e_shifters.safetensors")):
+        assert server.run(template())["status"]["status_str"] == "success"
+
+
+def native_control_graph(weight_dtype="default", host_vae=False, **train):
+    g = control_graph(**train)
+    g["2"]["inputs"].update(model=["11", 0], clip=["1", 1], vae=["14", 0] if host_vae else ["1", 2])
+    if host_vae:                                     # ComfyUI's own VAE encodes the training images
+        g["14"] = {"class_type": "VAELoader", "inputs": {"vae_name": "native_train/ae.safetensors"}}
+    g["3"]["inputs"]["model"] = ["11", 0]
+    g["11"] = {"class_type": "Realiz3DTestTinyFlux",
+               "inputs": {"unet_name": "native_train/tiny-flux.safetensors", "weight_dtype": weight_dtype}}
+    g["12"] = {"class_type": "Realiz3DTestModelDigest", "inputs": {"model": ["11", 0], "after": ["3", 0]}}
+    return g
+
+
+def digest(history, node):
+    return history["outputs"][node]["text"][0]
+
+
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_train_control_on_a_native_model_leaves_its_weights_bit_identical(setup, weight_dtype):
+    server = setup
+    native_setup(server)
+    before = server.run({"11": native_control_graph(weight_dtype)["11"],
+                         "13": {"class_type": "Realiz3DTestModelDigest", "inputs": {"model": ["11", 0]}}})
+    assert before["status"]["status_str"] == "success", error_message(before)
+    name = f"e2e_native_{weight_dtype}"
+    h = server.run(native_control_graph(weight_dtype, host_vae=weight_dtype != "default", output_name=name, steps=4))
+    assert h["status"]["status_str"] == "success", error_message(h)
+    assert digest(h, "12") == digest(before, "13")                  # trained on it, sampled with it: unchanged
+    from realiz3d.engine.lora_files import read_lora
+    lora = read_lora(os.path.join(models(server, "loras"), f"{name}_control.safetensors"), "lora")
+    assert any(v.abs().max() > 0 for k, v in lora.items() if ".lora_B." in k)          # trained
+    out = [p for p in server.output_files(h) if "controlled_" in p]
+    assert len(out) == 1                                                               # and sampled with
+    log = server.log()
+    assert "encoding" in log and "before the first step" in log
+
+
+def test_a_changed_run_is_refused_then_kept_apart(setup):
+    server = setup
+    native_setup(server)
+    name = "e2e_policy"
+    first = server.run(native_control_graph(output_name=name, steps=2, resume=True))
+    assert first["status"]["status_str"] == "success", error_message(first)
+    lora = os.path.join(models(server, "loras"), f"{name}_control.safetensors")
+    installed = open(lora, "rb").read()
+    for change, key in (({"learning_rate": 0.02}, "train.lr"), ({"control_map": "depth"}, "data.controls"),
+                        ({"baseline": False, "tau_b": 1}, "stage2.tau_b")):
+        h = server.run(native_control_graph(output_name=name, steps=3, resume=True, **change))
+        assert h["status"]["status_str"] == "error"
+        msg = error_message(h)
+        assert "resume" in msg and key in msg and "continue anyway" in msg, msg
+    # more steps resume the same run and update its own file
+    more = server.run(native_control_graph(output_name=name, steps=3, resume=True))
+    assert more["status"]["status_str"] == "success", error_message(more)
+    assert os.path.basename(checkpoints(server, "control", name)[-1]) == "step-0000003.ckpt"
+    installed = open(lora, "rb").read()
+    # resume off: a new run folder, the old checkpoints kept, the old file kept, a versioned file
+    fresh = server.run(native_control_graph(output_name=name, steps=2, resume=False))
+    assert fresh["status"]["status_str"] == "success", error_message(fresh)
+    assert checkpoints(server, "control", name)                                       # the first run's
+    assert glob.glob(os.path.join(server.base, "output", "realiz3d_training", "control", f"{name}.2", "checkpoints",
+                                  "*.ckpt"))
+    assert open(lora, "rb").read() == installed
+    assert os.path.isfile(os.path.join(models(server, "loras"), f"{name}_control_2.safetensors"))
+    # 'start a new run' on a change; 'continue anyway' resumes despite it
+    new = server.run(native_control_graph(output_name=name, steps=2, learning_rate=0.02, on_change="start a new run"))
+    assert new["status"]["status_str"] == "success", error_message(new)
+    assert os.path.isdir(os.path.join(server.base, "output", "realiz3d_training", "control", f"{name}.3"))
+    anyway = server.run(native_control_graph(output_name=name, steps=4, learning_rate=0.03,
+                                             on_change="continue anyway"))
+    assert anyway["status"]["status_str"] == "success", error_message(anyway)

@@ -48,3 +48,14 @@ def test_two_processes_train_disjoint_shards_to_equal_weights(tmp_path):
     assert reports[0]["drawn"] == [step[0] for step in expected]
     assert reports[1]["drawn"] == [step[1] for step in expected]
     assert os.path.isfile(os.path.join(raw["output"]["dir"], "control_lora.safetensors"))
+
+
+def test_the_scale_out_configs_are_valid_accelerate_configs():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = os.path.join(os.path.dirname(os.path.dirname(HERE)), "training", "configs")
+    one = load_config_from_file(os.path.join(root, "accelerate_multi_gpu.yaml"))
+    many = load_config_from_file(os.path.join(root, "accelerate_multi_node.yaml"))
+    assert str(one.distributed_type).endswith("MULTI_GPU") and one.num_machines == 1
+    assert str(many.distributed_type).endswith("MULTI_GPU") and many.num_machines == 2
+    assert many.num_processes % many.num_machines == 0 and many.main_process_ip

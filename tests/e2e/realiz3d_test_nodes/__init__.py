@@ -11,6 +11,8 @@ loaders fix their sizes), so these stand in for them with the same output types:
 - Test Native Mesh: a MESH from JSON arrays, with uvs, texture, vertex colours and zero-padded
   batches where the host's MESH has them (what a 3D generator emits on 0.33).
 - Test Viewer Camera: LOAD3D_CAMERA / LOAD3D_MODEL_INFO from JSON (what Load 3D passes on).
+- Test Model Digest: a SHA-256 of a MODEL's diffusion-model weights (bytes, keys, dtypes), shown
+  as the node's text output; its optional ``after`` input orders it behind another node.
 """
 import os
 import sys
@@ -162,3 +164,26 @@ class TestViewerCamera:
 
 
 NODE_CLASS_MAPPINGS.update({"Realiz3DTestNativeMesh": TestNativeMesh, "Realiz3DTestViewerCamera": TestViewerCamera})
+
+
+class TestModelDigest:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}, "optional": {"after": ("IMAGE",)}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "digest"
+    OUTPUT_NODE = True
+    CATEGORY = "Realiz3D test"
+
+    def digest(self, model, after=None):
+        import hashlib
+
+        h = hashlib.sha256()
+        for key, value in sorted(model.model.diffusion_model.state_dict().items()):
+            h.update(f"{key}|{value.dtype}|{tuple(value.shape)}".encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {"ui": {"text": [h.hexdigest()]}, "result": (h.hexdigest(),)}
+
+
+NODE_CLASS_MAPPINGS["Realiz3DTestModelDigest"] = TestModelDigest
