@@ -22,6 +22,7 @@ from PIL import Image
 
 from comfy_host import ROOT, error_message, load_workflow
 from pack_loader import with_pack_loader
+from workflow_format import with_defaults
 from realiz3d.loading import load_pipeline_folder, write_tiny_set
 from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
 
@@ -279,7 +280,7 @@ def test_ui_format_workflows_convert_with_titles(server):
 
     info = server.get("/object_info")
     ui = batch_workflow(os.path.join(ROOT, "example_workflows", "refany3d_from_mesh.json"), info)
-    api = load_workflow("api/refany3d_from_mesh.json")
+    api = with_defaults(load_workflow("api/refany3d_from_mesh.json"), info)   # the UI file sets every widget
     assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ui.items()} == api
     assert ui["1"]["_meta"]["title"] == "Load Mesh (Realiz3D)"
     assert resolve_node(ui, "RefAny3D Sample (Realiz3D)", info) == "4"
