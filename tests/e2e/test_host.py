@@ -145,8 +145,9 @@ def test_cancel_stops_within_a_view(server):
     }
     seen = run_and_interrupt(server, slow, "3", after=3)
     assert seen["end"] == "execution_interrupted", seen
-    assert seen["before"][-1] == 3                # interrupted after the third of 64 views ...
-    assert max(seen["after"], default=3) <= 4     # ... and at most the view in flight finished
+    sent_at = seen["before"][-1]                  # interrupted at the first report >= 3 of 64 views ...
+    assert 3 <= sent_at < 10, seen
+    assert max(seen["after"], default=sent_at) <= sent_at + 1, seen   # ... and at most the view in flight finished
     assert not os.path.exists(os.path.join(server.base, "output", "cancel"))
     # and the server runs the next prompt
     quick = copy.deepcopy(slow)

@@ -132,7 +132,10 @@ def test_offload_gives_the_same_image(server, models):
 def test_cancel_stops_within_a_step(server, models):
     seen = run_and_interrupt(server, workflow(steps=40, seed=7), "4", after=2)
     assert seen["end"] == "execution_interrupted", seen
-    assert seen["before"][-1] == 2 and max(seen["after"], default=2) <= 3
+    # the interrupt goes out at the first progress report >= 2 (reports may skip a value on a busy
+    # machine); sampling stops within one more step, long before its 40
+    sent_at = seen["before"][-1]
+    assert 2 <= sent_at < 10 and max(seen["after"], default=sent_at) <= sent_at + 1, seen
     h = server.run(workflow(seed=8))
     assert h["status"]["status_str"] == "success", error_message(h)
 
