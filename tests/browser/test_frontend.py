@@ -182,19 +182,26 @@ def card(name: str) -> str:
 
 
 def open_template_dialog_on_pack(page) -> None:
-    close_dialogs(page)
-    click(page, "document.querySelector('button[aria-label=\"Templates\"]')", "the side bar's Templates button")
-    # the dialog lists its categories first and selects one when its template index has loaded:
-    # click the pack's entry once cards show, again if that selection came after the click
-    page.wait_for(f"!!{DIALOG} && document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length > 0",
-                  timeout=30)
-    for _ in range(3):
-        click(page, PACK_CATEGORY, f"the template dialog's {PACK_NAME!r} entry")
+    # On a busy machine the dialog may open before the custom nodes' template index has loaded,
+    # and then lists no entry for the pack until it is opened again: a user would reopen it too.
+    for attempt in range(3):
+        close_dialogs(page)
+        click(page, "document.querySelector('button[aria-label=\"Templates\"]')", "the side bar's Templates button")
+        # the dialog lists its categories first and selects one when its template index has loaded:
+        # click the pack's entry once cards show, again if that selection came after the click
+        page.wait_for(f"!!{DIALOG} && document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length > 0",
+                      timeout=30)
         try:
-            page.wait_for(f"!!{card(TEMPLATES[0])}", timeout=5)
-            return
-        except Exception:
-            pass
+            for _ in range(3):
+                click(page, PACK_CATEGORY, f"the template dialog's {PACK_NAME!r} entry", timeout=20)
+                try:
+                    page.wait_for(f"!!{card(TEMPLATES[0])}", timeout=5)
+                    return
+                except Exception:
+                    pass
+        except AssertionError:
+            if attempt == 2:
+                raise
     raise AssertionError(f"the template dialog shows no card for {TEMPLATES[0]!r} under {PACK_NAME!r}")
 
 
