@@ -29,19 +29,7 @@ from torch import nn
 
 from ..engine.layers import FluxLayers, flux_layers
 from ..renderers.errors import InputError
-
-
-def pack_latents(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, h, w] -> [N, (h/2)(w/2), 4C]: 2x2 patches, channels first within a patch (Flux's order)."""
-    n, c, h, w = x.shape
-    return x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
-
-
-def latent_ids(h: int, w: int, device, dtype) -> torch.Tensor:
-    """Position ids [(h/2)(w/2), 3] = (0, row, col) of a latent grid (h, w) before packing."""
-    rows = torch.arange(h // 2, device=device).repeat_interleave(w // 2)
-    cols = torch.arange(w // 2, device=device).repeat(h // 2)
-    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).to(dtype)
+from ..sampling.flow import latent_ids, pack_latents   # the samplers' packing: one definition
 
 
 class Backbone(ABC):
