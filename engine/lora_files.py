@@ -154,11 +154,22 @@ def check_lora_fits(transformer: nn.Module, state: dict, path: str, input_name: 
                                          "for this base model.")
 
 
-def attach_lora(transformer: nn.Module, path: str, logical_name: str, input_name: str) -> str:
-    """Inject the LoRA in ``path`` once per file content; returns its peft adapter name."""
+def file_digest(path: str) -> str:
+    """The first 12 hex digits of the file's sha256: adapters are named by content, not by path."""
     with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    adapter = f"{logical_name}_{digest}"
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def attach_lora(transformer: nn.Module, path: str, logical_name: str, input_name: str, strength: float = 1.0,
+                unit_scale: bool = False) -> str:
+    """Inject the LoRA in ``path`` once per file content (and strength); returns its peft adapter name.
+
+    strength: a factor on the LoRA's update (1: the file as diffusers loads it); unit_scale: the
+    update at scale exactly ``strength``, whatever alpha the file gives (OminiControl's generate
+    sets every branch's adapter scaling to 1)."""
+    adapter = f"{logical_name}_{file_digest(path)}"
+    if strength != 1.0 or unit_scale:
+        adapter += strength_suffix(strength, unit_scale)
     if adapter not in adapter_names(transformer):
         state = read_lora(path, input_name)
         check_lora_fits(transformer, state, path, input_name)
@@ -166,4 +177,22 @@ def attach_lora(transformer: nn.Module, path: str, logical_name: str, input_name
         scale = {"metadata": state.metadata} if state.metadata else {"network_alphas": state.network_alphas or None}
         transformer.load_lora_adapter(dict(state), adapter_name=adapter, prefix="transformer", **scale)
         transformer.disable_lora()       # stock forwards stay base; the engine applies adapters per branch
+        if strength != 1.0 or unit_scale:
+            from .lora import LoraLayer
+            for m in transformer.modules():
+                if LoraLayer and isinstance(m, LoraLayer) and adapter in m.scaling:
+                    m.scaling[adapter] = strength * (1.0 if unit_scale else m.scaling[adapter])
     return adapter
+
+
+def strength_suffix(strength: float, unit_scale: bool) -> str:
+    """The part of an adapter name that tells its strength (module names cannot hold '.')."""
+    return (f"_x{strength:g}".replace(".", "p").replace("-", "m")) + ("u" if unit_scale else "")
+
+
+def side_scales(state: "LoraState", strength: float = 1.0, unit_scale: bool = False):
+    """The ``scale`` argument of ``SideLoRAs.add`` for a file read by :func:`read_lora`, with the
+    same strength and unit_scale meaning as :func:`attach_lora`."""
+    if unit_scale:
+        return float(strength)
+    return {module: value * strength for module, value in state.scales.items()}

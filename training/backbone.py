@@ -280,12 +280,13 @@ class HostBackbone(Backbone):
             raise InputError(input_name, f"'{path}' adapts layers that lora.targets does not train (e.g. {extra[:3]}).")
 
     def save_lora(self, name, path):
+        from .lora import lora_file_metadata
         from .outputs import save_safetensors
 
         mine = self._loras[name]
         out = {k: (v.detach().float() * (mine["scale"] if ".lora_B." in k else 1.0)).cpu()
                for k, v in mine["state"].items()}
-        return save_safetensors(out, path, {"format": "pt"})
+        return save_safetensors(out, path, lora_file_metadata(name))
 
     def freeze(self):
         self._flags = [p.requires_grad for p in self.module.parameters()]

@@ -54,8 +54,16 @@ def lora_state_dict(transformer: nn.Module, name: str) -> dict:
 
 
 def save_lora(transformer: nn.Module, name: str, path: str) -> str:
-    """The adapter as a diffusers-layout LoRA file, written atomically."""
-    return save_safetensors(lora_state_dict(transformer, name), path, {"format": "pt"})
+    """The adapter as a diffusers-layout LoRA file, written atomically; its metadata says the
+    pack wrote it (engine.control_formats: a control LoRA of this pack's convention)."""
+    return save_safetensors(lora_state_dict(transformer, name), path, lora_file_metadata(name))
+
+
+def lora_file_metadata(name: str) -> dict:
+    """safetensors metadata of a LoRA file the pack writes: diffusers' ``format`` and the pack's mark."""
+    from ..engine.control_formats import PACK_METADATA_KEY
+
+    return {"format": "pt", PACK_METADATA_KEY: name}
 
 
 def load_into_lora(transformer: nn.Module, name: str, path: str, input_name: str) -> None:
