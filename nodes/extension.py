@@ -15,6 +15,7 @@ NODE_MODULES = {
     "batch_nodes": ["LoadMeshFolder"],
     "camera_nodes": ["CameraRig"],
     "render_nodes": ["RenderViews", "SavePointCloud"],
+    "control_nodes": ["GeometryControls"],
     "flux_nodes": ["LoadFluxModel", "FluxTextEncode"],
     "refany3d_nodes": ["LoadRefAny3D", "RefAny3DSample"],
     "realiz3d_nodes": ["LoadDomainShifter", "DomainScheduleNode", "ApplyDomainShifter", "LoadControlLoRA",

@@ -9,9 +9,11 @@ import numpy as np
 import torch
 
 from ..renderers import RenderBundle, depth_image, normal_image
+from ..renderers.controls import canny_control, inverse_depth_control
 from ..renderers.errors import InputError
 
-CONTROL_KINDS = ("normal", "point map", "depth")
+#: 'depth (inverse)' and 'canny' are OminiControl's depth and canny conventions (renderers.controls)
+CONTROL_KINDS = ("normal", "point map", "depth", "depth (inverse)", "canny")
 
 
 def grid_shape(n_views: int, cols: int) -> tuple[int, int]:
@@ -41,13 +43,19 @@ def split_grid(grid: torch.Tensor, n_views: int, cols: int) -> torch.Tensor:
 
 def control_maps(bundle: RenderBundle, kind: str) -> torch.Tensor:
     """Geometry control images [V, H, W, 3] in [0, 1] from a render: camera-frame normals, the
-    per-axis point map, or the depth visualisation."""
+    per-axis point map, the depth visualisation, the inverse depth of OminiControl's depth LoRA, or
+    the canny edges of its canny LoRA (source 'auto': normal-render edges, plus the RGB's when
+    the albedo varies)."""
     if kind == "normal":
         maps = normal_image(bundle, "camera")
     elif kind == "point map":
         maps = np.where(bundle.mask[..., None], bundle.points_normalized, 0.0)
     elif kind == "depth":
         maps = depth_image(bundle)
+    elif kind == "depth (inverse)":
+        maps = inverse_depth_control(bundle)
+    elif kind == "canny":
+        maps = canny_control(bundle, "auto")
     else:
         raise InputError("control", f"must be one of {CONTROL_KINDS} (got {kind!r}).")
     return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
