@@ -1,6 +1,8 @@
 """Types and helpers shared by the pack's nodes."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
@@ -20,8 +22,24 @@ RefAny3DType = io.Custom("REALIZ3D_REFANY3D")  # nodes.refany3d_nodes.RefAny3DMo
 PointCloudType = io.Custom("REALIZ3D_POINTCLOUD")
 ShifterType = io.Custom("REALIZ3D_SHIFTER")    # adapters.DomainShifters
 ScheduleType = io.Custom("REALIZ3D_SCHEDULE")  # dict of make_schedule parameters
-ControlType = io.Custom("REALIZ3D_CONTROL")    # dict(model, adapter): a control LoRA attached to a model
+ControlType = io.Custom("REALIZ3D_CONTROL")    # [ControlEntry]: control LoRAs attached to a model, in order
 ViewsType = io.Custom("REALIZ3D_VIEWS")        # nodes.realiz3d_nodes.GeneratedViews
+
+
+@dataclass(eq=False)
+class ControlEntry:
+    """One control LoRA as Load Control LoRA attached it: its adapter names (on the pack's model,
+    peft adapters; on a host's MODEL, names in ``side``), what the file is (an
+    engine.control_formats.ControlLoRAInfo), its own images (or None) and the mesh control map
+    it takes (a CONTROL_KINDS name, or None: the sampler node's choice)."""
+    model: object
+    adapter: str
+    target_adapter: object
+    side: object
+    hidden: int
+    info: object
+    images: object = None
+    control_map: object = None
 
 
 def model_input(tooltip: str = "", optional: bool = False):

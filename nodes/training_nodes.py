@@ -21,7 +21,7 @@ from PIL import Image
 from ..renderers.errors import InputError
 from ..training.runs import ON_CHANGE, REFUSE, install, plan_run
 from . import native
-from .common import CATEGORY, PREFIX, ControlType, FluxClipType, FluxVaeType, ShifterType, model_input
+from .common import CATEGORY, PREFIX, ControlEntry, ControlType, FluxClipType, FluxVaeType, ShifterType, model_input
 from .flux_nodes import FluxModel
 from .paths import model_files_valid, model_path, register_model_folder, resolve_inside
 
@@ -227,21 +227,24 @@ def _normal_tensors(module: torch.nn.Module) -> None:
                 m._buffers[name] = b.clone()
 
 
-def _control(model, control: str, target: str) -> dict:
+def _control(model, control: str, target: str) -> list:
     """The REALIZ3D_CONTROL that Load Control LoRA gives for these files."""
-    from ..engine.lora_files import attach_lora, read_lora
+    from ..engine.control_formats import REALIZ3D, describe_control_lora
+    from ..engine.lora_files import attach_lora, file_digest, read_lora
     from ..engine.side_lora import SideLoRAs
 
+    info = describe_control_lora(read_lora(control, "control"), os.path.basename(control), convention=REALIZ3D)
     if isinstance(model, FluxModel):            # the pack's own model: peft adapters, no side LoRAs
         tr = model.pipeline.transformer
-        return {"model": model, "adapter": attach_lora(tr, control, "control", "control"),
-                "target_adapter": attach_lora(tr, target, "target", "target"), "side": None, "hidden": 0}
+        return [ControlEntry(model, attach_lora(tr, control, "control", "control"),
+                             attach_lora(tr, target, "target", "target"), None, 0, info)]
     from ..engine.bfl_layers import BFLFluxLayers
-    layers, side = BFLFluxLayers(native.flux_module(model)), SideLoRAs()      # beside the shared weights
+    layers, side, names = BFLFluxLayers(native.flux_module(model)), SideLoRAs(), []      # beside the shared weights
     for path, logical, key in ((control, "control", "lora"), (target, "target", "target_lora")):
         state = read_lora(path, key)
-        side.add(logical, state, layers.module_of, layers.hidden, key, os.path.basename(path), scale=state.scales)
-    return {"model": model, "adapter": "control", "target_adapter": "target", "side": side, "hidden": layers.hidden}
+        names.append(f"{logical}_{file_digest(path)}")
+        side.add(names[-1], state, layers.module_of, layers.hidden, key, os.path.basename(path), scale=state.scales)
+    return [ControlEntry(model, names[0], names[1], side, layers.hidden, info)]
 
 
 def _curve(path) -> torch.Tensor:

@@ -41,3 +41,24 @@ def write_tiny_refany3d(folder: str, transformer: torch.nn.Module, seed: int = 0
         emb[3].weight.normal_(0.0, std * 2.5, generator=g)
     torch.save(emb.state_dict(), os.path.join(folder, FILES[2]))
     return [os.path.join(folder, f) for f in FILES]
+
+
+def write_tiny_spatial_lora(path: str, transformer: torch.nn.Module, seed: int = 0, std: float = 0.05) -> str:
+    """A random (seeded) LoRA for ``transformer``'s size in the key layout of OminiControl's
+    published spatial LoRAs (rank 4, alpha 4, x_embedder and the image-stream linears of every
+    block; engine.control_formats), saved as ``FluxPipeline.save_lora_weights`` writes it; name
+    the file after its task (``depth.safetensors``) for the pack to recognise it. Returns ``path``."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    donor = copy.deepcopy(transformer)
+    donor.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    g = torch.Generator().manual_seed(seed)
+    for n, p in donor.named_parameters():
+        if "lora_B" in n:                       # peft starts B at zero: give the LoRA an effect
+            p.data = torch.randn(p.shape, generator=g) * std
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(donor),
+                                   weight_name=os.path.basename(path))
+    return path

@@ -61,26 +61,52 @@ def control_maps(bundle: RenderBundle, kind: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
 
 
+LAYOUTS = ("grid", "per view")
+
+
 def generate_multiview(pipe, mesh, cameras, prompt: str, settings, view_size: int = 256, columns: int = 2,
                        control: str = "normal", control_adapters: tuple = (), shifters=None, schedule=None,
                        progress=None, offload=None, backend: str = "auto", target_adapters: tuple = (), side=None,
-                       compile: bool = False, batch_branches: bool = True):
+                       compile: bool = False, batch_branches: bool = True, control_sets=None, layout: str = "grid"):
     """pipe: a sampling.runtime.FluxRuntime or a FluxPipeline; prompt: a TextConditioning or a
-    string (see sample_realiz3d). Views [V, S, S, 3] of ``mesh`` from ``cameras``, generated jointly as one grid image under
-    the grid of its geometry maps; returns (views, render bundle of the controls). ``settings``
-    is a Realiz3DSettings whose width/height are replaced by the grid's size; compile and
-    batch_branches as in sample_realiz3d."""
+    string (see sample_realiz3d). Views [V, S, S, 3] of ``mesh`` from ``cameras``; returns
+    (views, render bundle of the controls). ``settings`` is a Realiz3DSettings whose
+    width/height are replaced; compile and batch_branches as in sample_realiz3d.
+
+    control_sets: [(control map kind, adapters, condition latents mode, independent)], one
+    control LoRA each (e.g. OminiControl's depth on 'depth (inverse)' and canny on 'canny');
+    default: one set of ``control`` maps with ``control_adapters`` (latents as the settings say).
+    layout: 'grid', all views generated jointly as one grid image under the grids of their
+    control maps (they share attention); 'per view', each view on its own at view_size with the
+    same seed (the size a 512 px control LoRA was trained at)."""
     from dataclasses import replace
 
     from ..renderers import render_views
-    from .realiz3d_sampler import sample_realiz3d
+    from .realiz3d_sampler import ControlSet, sample_realiz3d
 
     if view_size < 16 or view_size % 16:
         raise InputError("view_size", f"must be a positive multiple of 16 (got {view_size}).")
+    if layout not in LAYOUTS:
+        raise InputError("layout", f"must be one of {LAYOUTS} (got {layout!r}).")
+    if control_sets is None:
+        control_sets = [(control, tuple(control_adapters), settings.condition_latents, False)]
     rows, cols = grid_shape(len(cameras), columns)
     bundle = render_views(mesh, cameras, view_size, view_size, backend=backend, lit=False)
-    grid = make_grid(control_maps(bundle, control), cols)
-    s = replace(settings, width=cols * view_size, height=rows * view_size)
-    image = sample_realiz3d(pipe, prompt, grid[None], s, control_adapters, shifters, schedule, progress, offload,
-                            target_adapters, side, compile=compile, batch_branches=batch_branches)
-    return split_grid(image[0], len(cameras), cols), bundle
+    maps = {kind: control_maps(bundle, kind) for kind in dict.fromkeys(k for k, *_ in control_sets)}
+
+    def run(pick, s, prog):
+        sets = [ControlSet(pick(maps[kind]), tuple(adapters), latents, independent, kind)
+                for kind, adapters, latents, independent in control_sets]
+        return sample_realiz3d(pipe, prompt, None, s, (), shifters, schedule, prog, offload, target_adapters, side,
+                               compile=compile, batch_branches=batch_branches, control_sets=sets)
+
+    if layout == "grid":
+        s = replace(settings, width=cols * view_size, height=rows * view_size)
+        image = run(lambda m: make_grid(m, cols)[None], s, progress)
+        return split_grid(image[0], len(cameras), cols), bundle
+    s = replace(settings, width=view_size, height=view_size, batch=1)
+    views = []
+    for v in range(len(cameras)):
+        prog = None if progress is None else (lambda i, n, v=v: progress(v * n + i, len(cameras) * n))
+        views.append(run(lambda m: m[v:v + 1], s, prog)[0])
+    return torch.stack(views), bundle

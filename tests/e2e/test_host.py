@@ -35,7 +35,8 @@ def test_nodes_registered_with_tooltips(server):
 
 def test_templates_and_web_extension(server):
     assert sorted(server.get("/workflow_templates")[PACK_NAME]) == [
-        "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh", "texture_mesh", "train_shifter_then_sample"]
+        "multiview_from_mesh", "refany3d_from_mesh", "render_sample_mesh", "texture_mesh", "texture_mesh_ominicontrol",
+        "train_shifter_then_sample"]
     extensions = server.get("/extensions")
     # served once: a second copy (from both WEB_DIRECTORY and pyproject's [tool.comfy] web) makes the
     # front end throw "Extension named 'Realiz3D.NodeLook' already registered"
@@ -46,7 +47,7 @@ def test_templates_and_web_extension(server):
 
 
 @pytest.mark.parametrize("name", ["render_sample_mesh", "refany3d_from_mesh", "multiview_from_mesh", "texture_mesh",
-                                  "train_shifter_then_sample"])
+                                  "texture_mesh_ominicontrol", "train_shifter_then_sample"])
 def test_ui_workflow_is_the_api_workflow(server, name):
     with open(os.path.join(ROOT, "example_workflows", f"{name}.json")) as f:
         ui = json.load(f)

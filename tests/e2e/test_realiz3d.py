@@ -16,7 +16,7 @@ from comfy_host import error_message, load_workflow
 from pack_loader import TINY_SEQUENCE_LENGTH, pack_loader_inputs, with_pack_loader
 from realiz3d.adapters import DomainShifters, ShifterConfig, save_shifters
 from realiz3d.loading import load_pipeline_folder, write_tiny_set
-from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
+from realiz3d.refany3d.tiny_weights import write_tiny_refany3d, write_tiny_spatial_lora
 
 FAST = {"view_size": 32, "steps": 2}
 
@@ -37,6 +37,8 @@ def models(server, tmp_path_factory):
     first = sorted(k for k in lora if ".lora_A." in k)[0]           # one layer's lora_A loses half its rank
     save_file({k: v[: v.shape[0] // 2] if k == first else v for k, v in lora.items()},
               os.path.join(m, "loras", "bad_rank.safetensors"))
+    for seed, task in ((5, "depth"), (6, "canny")):          # OminiControl's published layout, tiny
+        write_tiny_spatial_lora(os.path.join(m, "loras", f"{task}.safetensors"), transformer, seed=seed)
     os.makedirs(os.path.join(m, "realiz3d_shifters"), exist_ok=True)
     shifters = DomainShifters(ShifterConfig.for_transformer(transformer, rank=4, embed_dim=8))
     for p in shifters.parameters():
@@ -239,3 +241,66 @@ def test_fewer_views_than_cameras(server, models):
     ok = server.run(wf)
     assert ok["status"]["status_str"] == "success", error_message(ok)
     assert [p for p in server.output_files(ok) if p.endswith(".glb")]
+
+
+def ominicontrol_texturing(**multiview):
+    wf = with_pack_loader(load_workflow("api/texture_mesh_ominicontrol.json"))
+    wf["7"]["inputs"].update(FAST, **multiview)
+    wf["9"]["inputs"]["texture_size"] = "512"
+    wf["12"]["inputs"].update(width=32, height=32)
+    return wf
+
+
+def views_of(server, h, prefix):
+    return [np.asarray(Image.open(p)) for p in sorted(server.output_files(h)) if f"{prefix}_" in p]
+
+
+def test_ominicontrol_texturing_template_with_the_tiny_model(server, models):
+    """texture_mesh_ominicontrol: the published depth LoRA's layout is recognised and named, views are
+    generated one at a time under the inverse-depth control and baked into a textured GLB; a canny
+    LoRA chained after it adds its own branch (another result), as does the grid layout."""
+    h = server.run(ominicontrol_texturing())
+    assert h["status"]["status_str"] == "success", error_message(h)
+    info = h["outputs"]["18"]["text"][0]
+    assert "OminiControl spatial LoRA, task 'depth'" in info and "depth (inverse)" in info, info
+    files = server.output_files(h)
+    assert len([p for p in files if p.endswith(".glb")]) == 1
+    depth_only = views_of(server, h, "ominicontrol_views")
+    assert len(depth_only) == 8 and all(v.shape == (32, 32, 3) for v in depth_only)
+    wf = ominicontrol_texturing()
+    wf["19"] = {"class_type": "Realiz3DLoadControlLoRA", "inputs": {"model": ["3", 0], "lora": "canny.safetensors",
+                                                                     "control": ["4", 0]}}
+    wf["7"]["inputs"]["control"] = ["19", 0]
+    wf["18"]["inputs"]["source"] = ["19", 1]
+    wf["8"]["inputs"]["filename_prefix"] = "realiz3d/omini_both"
+    h2 = server.run(wf)
+    assert h2["status"]["status_str"] == "success", error_message(h2)
+    info2 = h2["outputs"]["18"]["text"][0]
+    assert "task 'depth'" in info2 and "task 'canny'" in info2, info2
+    both = views_of(server, h2, "omini_both")
+    assert len(both) == 8 and any(not np.array_equal(a, b) for a, b in zip(depth_only, both))
+    wf = ominicontrol_texturing(layout="grid")
+    wf["8"]["inputs"]["filename_prefix"] = "realiz3d/omini_grid"
+    h3 = server.run(wf)
+    assert h3["status"]["status_str"] == "success", error_message(h3)
+    grid = views_of(server, h3, "omini_grid")
+    assert len(grid) == 8 and any(not np.array_equal(a, b) for a, b in zip(depth_only, grid))
+
+
+def test_realiz3d_sample_takes_a_control_lora_with_its_own_images(server, models):
+    """Load Control LoRA's images input: the canny LoRA on its own images; without any images the
+    sampler asks for them by name."""
+    wf = controls_graph()
+    wf["9"] = {"class_type": "Realiz3DGeometryControls", "inputs": {"render": ["3", 5], "control": "canny (normal)",
+                                                                    "grid_columns": 0}}
+    wf["5"]["inputs"].update(lora="canny.safetensors", images=["9", 0])
+    del wf["6"]["inputs"]["control_images"]
+    wf["7"]["inputs"]["filename_prefix"] = "realiz3d/canny_sample"
+    h = server.run(wf)
+    assert h["status"]["status_str"] == "success", error_message(h)
+    assert len(views_of(server, h, "canny_sample")) == 1
+    del wf["5"]["inputs"]["images"]
+    bad = server.run(wf)
+    assert bad["status"]["status_str"] == "error"
+    msg = error_message(bad)
+    assert "control_images" in msg and "task 'canny'" in msg, msg

@@ -26,6 +26,7 @@ EXPECTED_FILES = [
     "refany3d/coord.safetensors",
     "refany3d/domain_embedder.pth",
     "loras/realiz3d_normal_control.safetensors",
+    "loras/depth.safetensors",
     "realiz3d_shifters/realiz3d_shifters.safetensors",
 ]
 TEMPLATES = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "example_workflows", "api", "*.json")))
@@ -49,7 +50,7 @@ def host(tmp_path_factory):
 
 
 def test_templates_validate_with_expected_files(host):
-    assert len(TEMPLATES) == 5, TEMPLATES
+    assert len(TEMPLATES) == 6, TEMPLATES
     info = host.get("/object_info")
     for name in TEMPLATES:
         assert check_api_workflow(load_workflow(f"api/{name}.json"), info) == [], name

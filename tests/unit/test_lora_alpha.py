@@ -197,9 +197,9 @@ def test_load_control_lora_node_on_a_host_model_applies_the_files_alpha(pipe, tm
     monkeypatch.setattr(realiz3d_nodes, "model_path", lambda folder, name, input_name: str(tmp_path / name))
     patcher = native_model(pipe.transformer)
     out = realiz3d_nodes.LoadControlLoRA.execute(patcher, "control.safetensors")
-    control = out.result[0] if hasattr(out, "result") else out[0]
+    (entry,) = out.result[0] if hasattr(out, "result") else out[0]
     layers = flux_layers(patcher.model.diffusion_model)
-    got, want = side_deltas(control["side"], "control", layers, layers.hidden), expected_side(path, 2.0, layers.hidden)
+    got, want = side_deltas(entry.side, entry.adapter, layers, layers.hidden), expected_side(path, 2.0, layers.hidden)
     assert set(got) == set(want)
     for bfl_name, parts in want.items():
         got_parts = dict(got[bfl_name])

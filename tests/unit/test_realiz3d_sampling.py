@@ -171,7 +171,9 @@ def test_multiview_generates_views_that_keep_their_cameras(pipe):
     real_sample = sampler.sample_realiz3d
 
     def recording(rt, prompt, controls_, *args, **kwargs):
-        seen.append(controls_)
+        (one,) = kwargs["control_sets"]                      # one control LoRA: one set
+        assert controls_ is None and one.adapters == (pipe.control_adapter,)
+        seen.append(one.images)
         return real_sample(rt, prompt, controls_, *args, **kwargs)
 
     sampler.sample_realiz3d = recording
@@ -203,3 +205,23 @@ def test_transparent_controls_are_composited_over_black(pipe):
     assert torch.equal(got, sample_realiz3d(pipe, "x", flat, settings(), (pipe.control_adapter,)))
     white = torch.where(alpha.bool(), rgb, torch.ones(()))
     assert (got - sample_realiz3d(pipe, "x", white, settings(), (pipe.control_adapter,))).abs().max() > 1e-4
+
+
+def test_multiview_per_view_layout_samples_each_view_alone_with_the_same_seed(pipe):
+    """layout 'per view': view v equals sampling its own control map alone at view_size, same seed."""
+    from realiz3d.sampling.multiview import control_maps
+    from realiz3d.sampling.realiz3d_sampler import ControlSet
+    mesh = normalize(load_mesh(os.path.join(ROOT, "assets", "sample_mesh.glb")))
+    cams = orbit_rig(3, elevation_deg=20.0)
+    done = []
+    sets = [("depth (inverse)", (pipe.control_adapter,), "mean", True), ("canny", (), "mean", True)]
+    views, bundle = generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=16, control_sets=sets,
+                                       layout="per view", progress=lambda i, n: done.append((i, n)))
+    assert views.shape == (3, 16, 16, 3) and done[-1] == (6, 6) and len(done) == 6
+    depth, canny = control_maps(bundle, "depth (inverse)"), control_maps(bundle, "canny")
+    alone = sample_realiz3d(pipe, "a toy", None, settings(width=16, height=16), control_sets=[
+        ControlSet(depth[1:2], (pipe.control_adapter,), "mean", True), ControlSet(canny[1:2], (), "mean", True)])
+    assert torch.equal(views[1], alone[0])
+    assert not torch.equal(views[0], views[1])                  # each view under its own controls
+    with pytest.raises(InputError, match="layout"):
+        generate_multiview(pipe, mesh, cams, "a toy", settings(), view_size=16, layout="diagonal")
