@@ -15,7 +15,10 @@ Three parts:
                  (1024 tokens each) = 18944 tokens, RefAny3D's group mask, its two rank-16 LoRA
                  adapters ("default", "coord") per branch as layout.adapters says, domain embedder;
        control:  Realiz3D at 1024 px: text 512 + target 4096 + one control branch 4096 = 8704
-                 tokens, full attention, one rank-16 control LoRA on the control branch.
+                 tokens, full attention, one rank-16 control LoRA on the control branch;
+       ominicontrol: OminiControl's spatial LoRAs at their 512 px, depth + canny at once: text 512
+                 + target 1024 + two conditions 1024 = 3584 tokens, OminiControl's mask
+                 (conditions apart), a rank-4 LoRA on each condition (--case ominicontrol).
      Each (case, block) runs in a fresh subprocess on a transformer with just that block (1
      double + 0 single, or 0 + 1) and random weights, so the whole-forward peak RSS growth
      (resource.getrusage) is a per-block cross-check. The main figure comes from torch.profiler
@@ -35,7 +38,7 @@ Three parts:
      replaces the weights by 2 x the largest block (one computing, one streaming in) plus the
      non-block layers. Text encoders and VAE are assumed offloaded while denoising; the CUDA
      context and ComfyUI's reserve are not counted.
-Writes benchmarks/results/memory.json. Threads: torch.set_num_threads(2) (both cores of the dev
+Writes benchmarks/results/memory.json (--quick: memory_quick.json). Threads: torch.set_num_threads(2) (both cores of the dev
 host). Run time there (2-core AMD EPYC, AVX2 only, torch 2.13 CPU): ~25 minutes for the full
 bf16 run (forwards of 528 / 489 / 182 / 252 s), ~30 with --fp32, ~1 for --quick. Nearly all of
 it is bf16 matmul, which a CPU without AVX512-BF16 / AMX emulates at ~20 GFLOP/s (fp32: ~175).
@@ -60,7 +63,7 @@ double block, need more RAM than this 23 GiB host leaves; training.memory scales
 the 2-core host: ~6 minutes. The device total per recipe is
 training.memory.training_memory (the pure estimate the trainer checks before the first step)
 next to the same sum from the measured units, against 24 GiB.
-Usage: .cache/host/venv/bin/python benchmarks/memory.py [--quick] [--fp32] [--report] [--training]
+Usage: .cache/host/venv/bin/python benchmarks/memory.py [--quick] [--fp32] [--report] [--training] [--case CASE]
   --quick: 2 views, 128 px, 64 text tokens (smoke test); --fp32: also measure fp32 activations;
   --report: print the tables again from benchmarks/results/memory.json without measuring.
 """
@@ -91,6 +94,9 @@ CONFIG = os.path.join(ROOT, "loading", "configs", "flux1-dev_transformer.json")
 LORA_RANK = 16
 BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+CASES = ("refany3d", "control", "ominicontrol")
+CASE_HEADS = {"refany3d": "refany3d 8x512", "control": "control 1024", "ominicontrol": "omini 2x512"}
+CASE_HEADS_QUICK = {"refany3d": "refany3d 2x128", "control": "control 128", "ominicontrol": "omini 2x128"}
 
 
 def flux_config(**override) -> dict:
@@ -152,6 +158,12 @@ def case_spec(case: str, quick: bool) -> dict:
         return {"text": text, "side": side, "lengths": [text] + [side * side] * (n - 1),
                 "mask": layout.group_mask(views), "adapters": layout.adapters(views),
                 "domains": layout.domain_tags(views), "conditions_from": 3, "loras": ["default", "coord"]}
+    if case == "ominicontrol":        # OminiControl at its 512 px: depth + canny, conditions apart, rank 4
+        from realiz3d.sampling.realiz3d_layout import control_mask
+        side = 8 if quick else 32
+        return {"text": text, "side": side, "lengths": [text] + [side * side] * 3,
+                "mask": control_mask([1, 1], [True, True]), "adapters": [(), (), ("depth",), ("canny",)],
+                "domains": [None] * 4, "conditions_from": 2, "loras": ["depth", "canny"], "rank": 4}
     side = 8 if quick else 64
     return {"text": text, "side": side, "lengths": [text, side * side, side * side], "mask": None,
             "adapters": [(), (), ("control",)], "domains": [None] * 3, "conditions_from": 2, "loras": ["control"]}
@@ -225,14 +237,19 @@ def child(case: str, kind: str, dtype_name: str, quick: bool) -> dict:
         for p in model.parameters():
             p.normal_(0.0, 0.02)
     for name in spec["loras"]:
-        model.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS), adapter_name=name)
+        rank = spec.get("rank", LORA_RANK)
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), adapter_name=name)
     model.disable_lora()
     width = model.config.num_attention_heads * model.config.attention_head_dim
     embedder = make_domain_embedder(width).to(dtype) if case == "refany3d" else None
     engine = FluxEngine(model, embedder)
     engine._double_block = marked(engine._double_block, "block")
     engine._single_block = marked(engine._single_block, "block")
-    engine.attention = marked(engine.attention, "attention")
+    # the attention the forward really runs: the layout attention the engine picks by name
+    # (engine.attention.LAYOUT_ATTENTION; 'grouped' on the CPU), wrapped where the engine looks it up
+    from realiz3d.engine import flux_engine
+    for name, fn in list(flux_engine.LAYOUT_ATTENTION.items()):
+        flux_engine.LAYOUT_ATTENTION[name] = marked(fn, "attention")
 
     g = torch.Generator().manual_seed(0)
     side, lengths = spec["side"], spec["lengths"]
@@ -295,7 +312,8 @@ def device_peaks(w: dict, runs: list, case: str, dtype_name: str, est: str) -> d
     """Per-step device bytes for one case from the larger block transient (est: cpu or gpu_est)."""
     rs = [r for r in runs if r["case"] == case and r["dtype"] == dtype_name]
     act = max(r["state"] for r in rs) + max(r[f"block_transient_{est}"] for r in rs) + rs[0]["inputs"]
-    lora = w["lora_adapter_bf16"] * len(case_spec(case, True)["loras"])
+    spec = case_spec(case, True)
+    lora = w["lora_adapter_bf16"] * len(spec["loras"]) * spec.get("rank", LORA_RANK) / LORA_RANK
     block_fp8 = max(w["double_block_fp8"], w["single_block_fp8"])
     block_bf16 = max(w["double_block_bf16"], w["single_block_bf16"])
     return {"full_fp8": w["fp8"] + w["largest_linear_bf16"] + lora + act, "full_bf16": w["bf16"] + lora + act,
@@ -305,8 +323,8 @@ def device_peaks(w: dict, runs: list, case: str, dtype_name: str, est: str) -> d
 
 def report(w: dict, runs: list, dtype_names, quick: bool) -> dict:
     """Prints the tables (GiB); returns the device peaks {bf16_cpu|bf16_gpu_est: {case: {...}}}."""
-    cases = ["refany3d", "control"]
-    head = ["refany3d 2x128", "control 128"] if quick else ["refany3d 8x512", "control 1024"]
+    cases = [c for c in CASES if any(r["case"] == c for r in runs)]
+    head = [(CASE_HEADS_QUICK if quick else CASE_HEADS)[c] for c in cases]
 
     def row(label, *vals, width=10):
         print(f"  {label:46s}" + "".join(f"{v / GiB:{width}.3f}" for v in vals))
@@ -321,7 +339,7 @@ def report(w: dict, runs: list, dtype_names, quick: bool) -> dict:
           f"(every parameter fp8: {w['fp8_everything'] / GiB:.3f})")
     for dn in dtype_names:
         by = {(r["case"], r["block"]): r for r in runs if r["dtype"] == dn}
-        print(f"\nactivations {dn}, GiB (CPU: measured; GPU: analytic){head[0]:>15s}{head[1]:>15s}")
+        print(f"\nactivations {dn}, GiB (CPU: measured; GPU: analytic)" + "".join(f"{h:>15s}" for h in head))
         print(f"  {'tokens':46s}" + "".join(f"{by[c, 'double']['tokens']:15d}" for c in cases))
         row("state entering a block (hidden, RoPE, temb)", *(by[c, "double"]["state"] for c in cases), width=15)
         row("  of which hidden [T, 3072] (analytic)", *(by[c, "double"]["state_hidden_analytic"] for c in cases),
@@ -341,14 +359,15 @@ def report(w: dict, runs: list, dtype_names, quick: bool) -> dict:
         units = [max(by[c, k]["state"] + by[c, k]["block_transient_cpu"] + by[c, k]["inputs"]
                      for k in ("double", "single")) / by[c, "double"]["state_hidden_analytic"] for c in cases]
         print(f"  {'peak (state + block + inputs) / [T, 3072] bytes':46s}" + "".join(f"{u:15.2f}" for u in units))
-        secs = " / ".join(f"{by[c, k]['seconds']:.0f}" for c in cases for k in ("double", "single"))
-        print(f"  forward seconds (refany3d double / single, control double / single): {secs}")
+        secs = ", ".join(f"{c} " + " / ".join(f"{by[c, k]['seconds']:.0f}" for k in ("double", "single"))
+                         for c in cases)
+        print(f"  forward seconds (double / single): {secs}")
         print(f"  SDPA ops run: {sorted({n for r in by.values() for n in r['sdpa_kernels']})}")
         if not all(r["rss_valid"] for r in by.values()):
             print("  (an RSS figure did not exceed the process's earlier peak: that one is a lower bound)")
     summary = {f"bf16_{est}": {c: device_peaks(w, runs, c, "bf16", est) for c in cases} for est in ("cpu", "gpu_est")}
-    print(f"\ndevice peak per step, bf16 activations, GiB{'refany3d':>14s}{'':>6s}{'control':>12s}{'':>3s}   goal")
-    print(f"  {'':46s}{'CPU':>10s}{'GPU est':>10s}{'CPU':>10s}{'GPU est':>10s}")
+    print(f"\ndevice peak per step, bf16 activations, GiB" + "".join(f"{c:>20s}" for c in cases) + "   goal")
+    print(f"  {'':46s}" + f"{'CPU':>10s}{'GPU est':>10s}" * len(cases))
     for key, label, goal in (("full_fp8", "full load, fp8 weights", 16), ("full_bf16", "full load, bf16 weights", None),
                              ("partial_fp8", "partial load, fp8, 2 blocks on device", 12),
                              ("partial_bf16", "partial load, bf16, 2 blocks on device", 12)):
@@ -536,6 +555,8 @@ def main():
     ap.add_argument("--train-child", nargs=3, metavar=("CASE", "BLOCK", "CKPT"))
     ap.add_argument("--fp32", action="store_true")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--case", action="append", choices=CASES,
+                    help="measure only this case (repeatable); the stored runs of the other cases are kept")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "BLOCK", "DTYPE"))
     args = ap.parse_args()
     if args.child:
@@ -569,7 +590,7 @@ def main():
                            **summary}, f, indent=1)
             print("written", os.path.relpath(out, ROOT))
         return
-    out = os.path.join(ROOT, "benchmarks", "results", "memory.json")
+    out = os.path.join(ROOT, "benchmarks", "results", "memory_quick.json" if args.quick else "memory.json")
     if args.report:
         with open(out) as f:
             res = json.load(f)
@@ -580,16 +601,22 @@ def main():
     t0 = time.perf_counter()
     w = weight_bytes()
     dtype_names = ["bf16"] + (["fp32"] if args.fp32 else [])
-    runs = []
+    runs, earlier = [], 0.0
+    if args.case and os.path.isfile(out):
+        with open(out) as f:
+            stored = json.load(f)
+        if stored["quick"] == args.quick:
+            runs = [r for r in stored["runs"] if r["case"] not in args.case and r["dtype"] in dtype_names]
+            earlier = stored["seconds"]
     for dn in dtype_names:
-        for case in ("refany3d", "control"):
+        for case in args.case or CASES:
             for kind in ("double", "single"):
                 runs.append(run_child(case, kind, dn, args.quick))
                 r = runs[-1]
                 print(f"{case:9s} {kind:6s} {dn}: {r['tokens']} tokens, {r['seconds']:6.1f} s forward, "
                       f"peak {r['forward_peak_profiler'] / GiB:.3f} GiB (RSS {r['rss_growth'] / GiB:.3f})", flush=True)
     summary = report(w, runs, dtype_names, args.quick)
-    total = time.perf_counter() - t0
+    total = time.perf_counter() - t0 + earlier
     print(f"\ntotal {total:.0f} s, 2 threads per forward{' (quick mode: reduced tokens)' if args.quick else ''}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
