@@ -139,6 +139,9 @@ class FluxEngine:
         self.batch_branches, self.compile = batch_branches, compile
         self._layouts: OrderedDict = OrderedDict()
         self._compiled = None
+        #: set by training.fsdp.ShardedEngine (FSDP full fine-tuning): the forward and every block run
+        #: through FSDP units, frozen blocks with autograd and a zero gradient; None: the engine as is
+        self.sharded = None
         if shifters is not None:
             shifters.check_fits(self.layers)
             if shifters.cfg.variant == "bias" and precompute_shifts:
@@ -196,7 +199,12 @@ class FluxEngine:
         frozen_blocks: the first ``frozen_blocks`` engine blocks (and the shifts before them) run
         under ``torch.no_grad()``: the backward pass stops at block ``frozen_blocks``, so those
         blocks' weights and adapters, their shifters and the input embedders get no gradient
-        from this forward and cost no backward time (Realiz3D's layer-aware training)."""
+        from this forward and cost no backward time (Realiz3D's layer-aware training). On an
+        FSDP-sharded engine (``self.sharded``, training.fsdp) they run with autograd behind a
+        zero-gradient boundary instead: the same gradients, the same collectives on every process."""
+        sharded = self.sharded
+        if sharded is not None and not sharded.inside:
+            return sharded.forward(branches, group_mask, pooled, outputs, kv_cache, frozen_blocks)
         L, n = self.layers, len(branches)
         if not 0 <= frozen_blocks <= self.num_blocks:
             raise ValueError(f"frozen_blocks must be within [0, {self.num_blocks}] (got {frozen_blocks})")
@@ -210,7 +218,8 @@ class FluxEngine:
             kv_cache.check(rows, n)
         layout = self._layout(branches, rows, kv_cache)
         reps = [branches[s.members[0]] for s in layout.active]
-        with torch.no_grad() if frozen_blocks else contextlib.nullcontext():   # only frozen blocks read them
+        frozen_embed = frozen_blocks and sharded is None
+        with torch.no_grad() if frozen_embed else contextlib.nullcontext():   # only frozen blocks read them
             xs = [L.embed(_cat([branches[m].tokens for m in s.members]), b.is_text, b.adapters)
                   for s, b in zip(layout.active, reps)]
         tembs = self._time_embeddings(reps, pooled)
@@ -224,17 +233,20 @@ class FluxEngine:
         st = _Forward(layout, reps, tembs, ropes, attention, mask, callable(self.attention))
         double, single = self._block_functions()
         blocks = [(double, i) for i in range(L.num_double)] + [(single, i) for i in range(L.num_single)]
-        with self._compile_limits():
-            for layer, (run, block) in enumerate(blocks):
-                frozen = layer < frozen_blocks
-                with torch.no_grad() if frozen else contextlib.nullcontext():
-                    xs = self._shift(layer, st, xs)
-                    kv = None if kv_cache is None else (kv_cache.store.setdefault(layer, {}), kv_cache.filled)
-                    if self.checkpointing and kv is None and not frozen and torch.is_grad_enabled():
-                        from torch.utils.checkpoint import checkpoint
-                        xs = checkpoint(run, block, st, xs, None, use_reentrant=False)
-                    else:
-                        xs = run(block, st, xs, kv)
+        if sharded is not None:
+            xs = sharded.run_blocks(st, xs, blocks, frozen_blocks)
+        else:
+            with self._compile_limits():
+                for layer, (run, block) in enumerate(blocks):
+                    frozen = layer < frozen_blocks
+                    with torch.no_grad() if frozen else contextlib.nullcontext():
+                        xs = self._shift(layer, st, xs)
+                        kv = None if kv_cache is None else (kv_cache.store.setdefault(layer, {}), kv_cache.filled)
+                        if self.checkpointing and kv is None and not frozen and torch.is_grad_enabled():
+                            from torch.utils.checkpoint import checkpoint
+                            xs = checkpoint(run, block, st, xs, None, use_reentrant=False)
+                        else:
+                            xs = run(block, st, xs, kv)
         if kv_cache is not None:
             kv_cache.filled = True
         computed = set(layout.query_branches)

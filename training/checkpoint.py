@@ -58,8 +58,10 @@ def save_checkpoint(folder: str, step: int, payload: dict, keep: int = 2) -> str
     return path
 
 
-def read_checkpoint(path: str, input_name: str = "resume") -> dict:
-    """A checkpoint file, or the newest one in a folder; InputError naming ``input_name`` otherwise."""
+def read_checkpoint(path: str, input_name: str = "resume", mmap: bool = False) -> dict:
+    """A checkpoint file, or the newest one in a folder; InputError naming ``input_name`` otherwise.
+    mmap: map the file instead of reading it (copy-on-write): the processes of an FSDP run share
+    the pages instead of each holding the full state in memory."""
     if os.path.isdir(path):
         found = list_checkpoints(path)
         if not found:
@@ -68,7 +70,7 @@ def read_checkpoint(path: str, input_name: str = "resume") -> dict:
     if not os.path.isfile(path):
         raise InputError(input_name, f"'{path}' does not exist.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise InputError(input_name, f"'{path}' could not be read as a training checkpoint ({type(exc).__name__}: "
                                      f"{exc}); it may be truncated.") from exc

@@ -3,7 +3,8 @@
 Every process builds the same model, data and trainables from the same seed, draws the same
 global batch order and trains on its own slice of it; gradients are averaged across processes
 before the optimizer step, so all processes keep identical weights. Only the main process
-writes files (checkpoints, outputs, the loss curve) and reports progress.
+writes files (checkpoints, outputs, the loss curve) and reports progress. Full fine-tuning
+launched with an FSDP accelerate config is sharded instead (training/fsdp.py).
 """
 from __future__ import annotations
 
@@ -187,12 +188,17 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
     datasets: {source: Dataset} to train on instead of the folders of cfg.data (sources:
     'real' / 'synthetic', or 'refany3d').
     """
+    from . import fsdp
+
     accel = make_accelerator(cfg)
-    if accel.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise InputError("accelerate", f"this trainer runs data parallel only (every process holds the model and "
-                                       f"gradients are averaged); {accel.distributed_type.name} sharding is not "
-                                       "supported yet. Launch with training/configs/accelerate_multi_gpu.yaml "
-                                       "(or --multi_gpu).")
+    if accel.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
+        raise InputError("accelerate", f"{accel.distributed_type.name} is not supported: data parallelism "
+                                       "(training/configs/accelerate_multi_gpu.yaml, or --multi_gpu) for LoRA, "
+                                       "shifter and RefAny3D training; FSDP (training/configs/accelerate_fsdp.yaml) "
+                                       "for full fine-tuning.")
+    shard = fsdp.fsdp_requested(accel)
+    if shard:
+        fsdp.check_request(cfg, fsdp.fsdp_plugin(accel))
     dist = _Distributed(accel)
     main = accel.is_main_process
 
@@ -202,7 +208,10 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
 
     own_pipe = pipe is None and backbone is None
     if backbone is None:
-        if own_pipe:
+        if own_pipe and shard:           # FSDP: the transformer goes to the device shard by shard
+            pipe = load_pipe(cfg, "cpu")
+            fsdp.encoders_to(pipe, accel.device)
+        elif own_pipe:
             pipe = load_pipe(cfg, accel.device)
         else:
             pipe.to(accel.device)
@@ -225,7 +234,7 @@ def train(cfg: TrainConfig, pipe=None, progress: Optional[Callable[[int, int], N
             _precache(recipe, loader, order, say, should_stop)
             backbone.release_encoders()
         return _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume,
-                    on_change == CONTINUE)
+                    on_change == CONTINUE, shard)
     finally:
         if not own_pipe:
             recipe.release()
@@ -260,21 +269,35 @@ def _check_memory(cfg, recipe, device, say) -> None:
 
 
 def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, resume,
-         continue_anyway: bool = False) -> TrainResult:
+         continue_anyway: bool = False, shard: bool = False) -> TrainResult:
+    """The loop. shard: FSDP full fine-tuning (training.fsdp): the transformer is sharded after
+    a resume's parameters are loaded, every process runs its samples one at a time, FSDP reduces
+    the gradients, checkpoints gather the full state, and the transformer is unsharded at the end."""
     main, t = accel.is_main_process, cfg.train
     named = recipe.trainables()
-    params = list(named.values())
-    optimizer = accel.prepare(make_optimizer(cfg, params))
     result = TrainResult()
     step = 0
+    data = None
     if resume:
-        data = read_checkpoint(resume)
+        data = read_checkpoint(resume, mmap=shard)
         check_compatible(data, recipe.layout())
         check_resume(data, cfg.to_dict(), CONTINUE if continue_anyway else "refuse", say)
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(data["params"][name].to(p.device, p.dtype))
-        optimizer.load_state_dict(data["optimizer"])
+    sharded = None
+    if shard:                            # every process loaded the same files: no broadcast
+        from .fsdp import shard_full_finetune
+
+        sharded = shard_full_finetune(accel, recipe, named, say)
+    params = list(named.values())
+    # accelerate's prepare wants the model with the optimizer under FSDP2; the model is sharded here
+    optimizer = make_optimizer(cfg, params) if sharded is not None else accel.prepare(make_optimizer(cfg, params))
+    if data is not None:
+        if sharded is not None:
+            sharded.load_optimizer(optimizer, data["optimizer"], params)
+        else:
+            optimizer.load_state_dict(data["optimizer"])
         if continue_anyway and dict(data["order"]["sizes"]) != order.sizes:
             say(f"the datasets changed size ({data['order']['sizes']} -> {order.sizes}): a fresh sample order")
             order.step = int(data["order"]["step"])
@@ -283,24 +306,32 @@ def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, re
         set_rng_state(data["rng"])
         step, result.losses = int(data["step"]), list(data["losses"])
         say(f"resumed from {data['path']} at step {step}")
-    dist.broadcast(params)
+    if sharded is None:
+        dist.broadcast(params)
     out_dir, ckpt_dir = cfg.output.dir, cfg.checkpoint_dir
     if main:
         os.makedirs(out_dir, exist_ok=True)
         save_text(dump_config(cfg), os.path.join(out_dir, "config.yaml"))
 
     def checkpoint() -> None:
+        if sharded is not None:          # every process takes part in gathering the full state
+            full = {"params": sharded.gather(named, main), "optimizer": sharded.gather_optimizer(optimizer, main)}
         if main:
+            if sharded is None:
+                full = {"params": {n: p.detach().cpu() for n, p in named.items()}, "optimizer": optimizer.state_dict()}
             payload = {"layout": recipe.layout(), "losses": list(result.losses), "rng": rng_state(),
-                       "params": {n: p.detach().cpu() for n, p in named.items()},
-                       "optimizer": optimizer.state_dict(), "order": order.state_dict(),
+                       "params": full["params"], "optimizer": full["optimizer"], "order": order.state_dict(),
                        "config": dump_config(cfg)}
             result.checkpoint = save_checkpoint(ckpt_dir, step, payload, cfg.checkpoint.keep)
             say(f"checkpoint {result.checkpoint}")
         accel.wait_for_everyone()
 
     if accel.device.type == "cuda":
-        _check_memory(cfg, recipe, accel.device, say)
+        if sharded is not None:
+            from .fsdp import check_memory
+            check_memory(cfg, recipe, accel.device, accel.num_processes, say)
+        else:
+            _check_memory(cfg, recipe, accel.device, say)
     rank, world, batch = accel.process_index, accel.num_processes, t.batch_size
     say(f"{recipe.name} ({recipe.mode}): {sum(p.numel() for p in params):,} trained parameters in {len(params)} "
         f"tensors, {t.steps} steps x {batch * world} samples, {world} process(es) on {accel.device}")
@@ -318,15 +349,26 @@ def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, re
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = recipe.step(samples, gens, backward=accel.backward, autocast=accel.autocast)
+        if sharded is None:
+            losses = recipe.step(samples, gens, backward=accel.backward, autocast=accel.autocast)
+        else:                            # the same forwards and backwards on every process (training.fsdp)
+            losses = []
+            for sample, gen in zip(samples, gens):
+                losses += recipe.step([sample], [gen], backward=lambda l: accel.backward(l / batch),
+                                      autocast=accel.autocast)
         loss = dist.mean(sum(losses) / len(losses))
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {step + 1}; lower train.lr or use train.precision: "
                                      "no. The weights were not updated; the last checkpoint is intact.")
-        dist.average_grads(params)
+        if sharded is None:
+            dist.average_grads(params)
+        else:
+            sharded.drop_untouched(accel.device)
         if t.grad_clip > 0:
             live = [p for p in params if p.grad is not None]
-            if live:
+            if live and sharded is not None:
+                torch.nn.utils.clip_grad_norm_(live, t.grad_clip)
+            elif live:
                 accel.clip_grad_norm_(live, t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -345,6 +387,13 @@ def _run(cfg, accel, dist, recipe, order, loader, progress, should_stop, say, re
             last_saved = step
     if step > last_saved or result.checkpoint is None:
         checkpoint()
+    if sharded is not None:              # the trained weights, unsharded, on every process
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()
+        sharded.release()
+        for key, p in recipe.transformer.named_parameters():
+            if f"transformer.{key}" in named:
+                named[f"transformer.{key}"] = p
     result.steps = step
     result.parameters = {n: p.detach() for n, p in named.items()}
     if main:
