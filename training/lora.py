@@ -26,9 +26,14 @@ def add_lora(transformer: nn.Module, name: str, rank: int, alpha: float, targets
 
     if name in adapter_names(transformer):           # left over from an interrupted run in this process
         transformer.delete_adapters(name)
+    # peft's add_adapter makes the new adapter the only trainable one (requires_grad False on every
+    # other adapter): keep the flags of adapters added before (stage 2 trains two, RefAny3D two)
+    trainable = [p for n, p in transformer.named_parameters() if ".lora_" in n and p.requires_grad]
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha,
                                        target_modules=targets if isinstance(targets, str) else list(targets),
                                        init_lora_weights=init), adapter_name=name)
+    for p in trainable:
+        p.requires_grad_(True)
     params = lora_parameters(transformer, name)
     if not params:
         raise ValueError(f"no module of the transformer matches the LoRA targets {targets}")

@@ -271,9 +271,14 @@ def test_refany3d_training_step_loss_and_gradients_batched_equal_per_branch(tmp_
         results.append((loss.detach(), {k: p.grad.clone() for k, p in recipe.trainables().items()
                                         if p.grad is not None}))
     (la, ga), (lb, gb) = results
-    assert float((la - lb).abs().max()) <= TOL and ga.keys() == gb.keys() and len(ga) > 10
-    for k in ga:
-        assert float((ga[k] - gb[k]).abs().max()) <= TOL, k
+    assert float((la - lb).abs().max()) <= TOL and len(ga) > 10
+    # a parameter whose output never reaches the loss (the last single block's queries of branches
+    # whose outputs are not read) has no gradient on one path and a zero one on the other
+    for k in ga.keys() | gb.keys():
+        a, b = ga.get(k), gb.get(k)
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        assert float((a - b).abs().max()) <= TOL, k
     recipe.release()
 
 
