@@ -207,7 +207,14 @@ def _host_backbone(model, clip, vae, cfg):
         comfy.model_management.load_models_gpu([model], memory_required=est.total)
         _normal_tensors(module)
 
-    return HostBackbone(module, dtype, device, text, images, shift, scale, release=release)
+    from ..training.encode import fingerprint
+    if isinstance(clip, FluxModel):
+        text_id = fingerprint(clip.pipeline.text_encoder, clip.pipeline.text_encoder_2)
+    else:
+        text_id = fingerprint(getattr(clip, "cond_stage_model", None))
+    vae_id = fingerprint(vae.pipeline.vae if isinstance(vae, FluxModel) else getattr(vae, "first_stage_model", None))
+    return HostBackbone(module, dtype, device, text, images, shift, scale, release=release, text_id=text_id,
+                        vae_id=vae_id)
 
 
 def _layout_of(module) -> dict:

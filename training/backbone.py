@@ -38,6 +38,10 @@ class Backbone(ABC):
     layers: FluxLayers
     device: torch.device
     can_full_finetune = False
+    #: names of the text encoders' and the VAE's weights (training.encode.fingerprint), part of the
+    #: disk cache's keys
+    text_id: str = ""
+    vae_id: str = ""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,6 +118,9 @@ class DiffusersBackbone(Backbone):
         self.device = torch.device(device) if device is not None else self.transformer.device
         self._flags: Optional[list] = None
         self._loras: list[str] = []
+        from .encode import fingerprint
+        self.text_id = fingerprint(getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        self.vae_id = fingerprint(getattr(pipe, "vae", None))
 
     @torch.no_grad()
     def encode_text(self, caption, max_sequence_length):
@@ -195,7 +202,8 @@ class HostBackbone(Backbone):
         return self.module
 
     def __init__(self, module, dtype, device, encode_text: Callable, encode_images: Callable, shift: float,
-                 scale: float, load: Optional[Callable] = None, release: Optional[Callable] = None):
+                 scale: float, load: Optional[Callable] = None, release: Optional[Callable] = None,
+                 text_id: str = "", vae_id: str = ""):
         from ..engine.bfl_layers import BFLFluxLayers
         from ..engine.side_lora import SideLoRAs
 
@@ -207,6 +215,7 @@ class HostBackbone(Backbone):
             raise InputError("model", f"{exc}.") from None
         self._text, self._images, self.shift, self.scale = encode_text, encode_images, shift, scale
         self._load, self._release = load, release
+        self.text_id, self.vae_id = text_id, vae_id
         self._loras: dict[str, dict] = {}          # name -> {diffusers module: (A, B, scale)}
         self._flags: Optional[list] = None
 

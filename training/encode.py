@@ -2,7 +2,9 @@
 once per sample, both kept on the CPU in bounded LRU caches (``train.text_cache_size``
 captions, ``train.latent_cache_mb`` megabytes of latents) and, with ``train.cache_dir``, on
 disk (:class:`DiskCache`, bounded by ``train.cache_disk_mb``): a second run on the same data,
-or a resumed one, encodes nothing.
+or a resumed one, encodes nothing. Disk keys carry the encoders' :func:`fingerprint`
+(``backbone.text_id``, ``backbone.vae_id``), so runs with other text encoders or another VAE
+never share entries.
 
 A latent is drawn from the cached posterior N(mean, std) with the step's own generator
 (``train.latents: sample``) or taken as its mean, so caching changes nothing in what is
@@ -75,6 +77,26 @@ class DiskCache:
                 pass
 
 
+def fingerprint(*modules) -> str:
+    """A digest naming the weights of ``modules`` (text encoders, a VAE) for the disk cache's keys:
+    every tensor's name, shape and dtype and a strided sample of its values, so another encoder
+    (another file, dtype or fine-tune) never reads this one's cached embeddings or latents. Cheap
+    even for T5-XXL: at most 64 values are read per tensor."""
+    h = hashlib.sha256()
+    for i, m in enumerate(modules):
+        if m is None:
+            continue
+        for name, t in list(m.state_dict().items()):
+            h.update(f"{i}|{name}|{tuple(t.shape)}|{t.dtype}".encode())
+            try:
+                flat = t.detach().reshape(-1)
+                step = max(1, flat.numel() // 64)
+                h.update(flat[::step][:64].float().cpu().numpy().tobytes())
+            except Exception:                 # a storage the sample cannot be read from: shape-only
+                pass
+    return h.hexdigest()[:16]
+
+
 def content_key(key: str, images: torch.Tensor) -> str:
     """``key`` plus a digest of the pixels (what the disk cache is keyed by)."""
     data = images.detach().float().cpu().contiguous().numpy().tobytes()
@@ -94,7 +116,7 @@ class TextCache:
         self.encoded = 0          # encoder calls (tests check the cache)
 
     def _encode(self, caption: str):
-        key = f"text|{self.max_len}|{caption}"
+        key = f"text|{getattr(self.backbone, 'text_id', '')}|{self.max_len}|{caption}"
         hit = self.disk.get(key) if self.disk is not None else None
         if hit is not None:
             return hit["embeds"], hit["pooled"]
@@ -144,7 +166,8 @@ class LatentCache:
         return mean.numel() * mean.element_size() + std.numel() * std.element_size()
 
     def _encode(self, images: torch.Tensor, key: str = ""):
-        disk_key = content_key("latent|" + key, images) if self.disk is not None else None
+        vae = getattr(self.backbone, "vae_id", "")
+        disk_key = content_key(f"latent|{vae}|{key}", images) if self.disk is not None else None
         hit = self.disk.get(disk_key) if disk_key else None
         if hit is not None:
             return hit["mean"], hit["std"], tuple(int(v) for v in hit["hw"].tolist())

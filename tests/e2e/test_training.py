@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_host import error_message, load_workflow, run_and_interrupt
@@ -323,3 +324,27 @@ def test_a_changed_run_is_refused_then_kept_apart(setup):
     anyway = server.run(native_control_graph(output_name=name, steps=4, learning_rate=0.03,
                                              on_change="continue anyway"))
     assert anyway["status"]["status_str"] == "success", error_message(anyway)
+
+
+def test_train_control_reads_captions_through_comfyuis_clip(setup):
+    """A CLIP from ComfyUI's own classes (comfy.sd.CLIP with Flux's tokenizers and FluxClipModel,
+    shrunk to the tiny model; what DualCLIPLoader gives) encodes the captions: the run trains, and
+    another CLIP's weights give another LoRA while the same CLIP again gives the same one."""
+    server = setup
+    native_setup(server)
+
+    def run(seed, name):
+        g = native_control_graph(output_name=name, steps=2)
+        g["15"] = {"class_type": "Realiz3DTestTinyFluxClip", "inputs": {"seed": seed}}
+        g["2"]["inputs"]["clip"] = ["15", 0]
+        h = server.run(g)
+        assert h["status"]["status_str"] == "success", error_message(h)
+        assert digest(h, "12")                                         # and sampled with the MODEL after it
+        from safetensors.torch import load_file
+        return load_file(os.path.join(models(server, "loras"), f"{name}_control.safetensors"))
+
+    a, b, again = run(0, "e2e_clip_a"), run(1, "e2e_clip_b"), run(0, "e2e_clip_a_again")
+    ups = [k for k in a if ".lora_B." in k]
+    assert any(a[k].abs().max() > 0 for k in ups)                                         # trained
+    assert any(not torch.equal(a[k], b[k]) for k in ups)                                  # the CLIP mattered
+    assert all(torch.equal(a[k], again[k]) for k in a)                                    # and nothing else did

@@ -11,6 +11,9 @@ loaders fix their sizes), so these stand in for them with the same output types:
 - Test Native Mesh: a MESH from JSON arrays, with uvs, texture, vertex colours and zero-padded
   batches where the host's MESH has them (what a 3D generator emits on 0.33).
 - Test Viewer Camera: LOAD3D_CAMERA / LOAD3D_MODEL_INFO from JSON (what Load 3D passes on).
+- Tiny Flux CLIP: ComfyUI's own CLIP object (comfy.sd.CLIP with Flux's tokenizers and its
+  FluxClipModel class) whose CLIP-L and T5 are shrunk to the tiny model's widths (pooled 32,
+  text 64) and seeded: what DualCLIPLoader (type flux) gives, at test size.
 - Test Model Digest: a SHA-256 of a MODEL's diffusion-model weights (bytes, keys, dtypes), shown
   as the node's text output; its optional ``after`` input orders it behind another node.
 """
@@ -187,3 +190,58 @@ class TestModelDigest:
 
 
 NODE_CLASS_MAPPINGS["Realiz3DTestModelDigest"] = TestModelDigest
+
+
+class TinyFluxClip:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "Realiz3D test"
+
+    def load(self, seed):
+        import json
+
+        import comfy.sd
+        import comfy.sd1_clip
+        import comfy.text_encoders.flux
+        import comfy.text_encoders.t5
+
+        here = os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__))
+        with open(os.path.join(here, "sd1_clip_config.json")) as f:
+            clip_cfg = {**json.load(f), "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                        "num_hidden_layers": 2, "projection_dim": 32}
+        with open(os.path.join(here, "text_encoders", "t5_config_xxl.json")) as f:
+            t5_cfg = {**json.load(f), "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2}
+
+        class TinyClipModel(comfy.text_encoders.flux.FluxClipModel):
+            def __init__(self, device="cpu", dtype=None, model_options={}):
+                torch.nn.Module.__init__(self)
+                self.clip_l = comfy.sd1_clip.SDClipModel(device=device, dtype=dtype, return_projected_pooled=False,
+                                                         textmodel_json_config=clip_cfg,
+                                                         model_options={**model_options, "model_name": "clip_l"})
+                self.t5xxl = comfy.sd1_clip.SDClipModel(device=device, dtype=dtype, textmodel_json_config=t5_cfg,
+                                                        special_tokens={"end": 1, "pad": 0},
+                                                        model_class=comfy.text_encoders.t5.T5,
+                                                        model_options={**model_options, "model_name": "t5xxl"})
+                self.dtypes = {dtype}
+
+        class Target:
+            params = {}
+            clip = TinyClipModel
+            tokenizer = comfy.text_encoders.flux.FluxTokenizer
+
+        clip = comfy.sd.CLIP(target=Target(), model_options={"load_device": torch.device("cpu"),
+                                                              "offload_device": torch.device("cpu"),
+                                                              "initial_device": torch.device("cpu"),
+                                                              "dtype": torch.float32})
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in clip.cond_stage_model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        return (clip,)
+
+
+NODE_CLASS_MAPPINGS["Realiz3DTestTinyFluxClip"] = TinyFluxClip
