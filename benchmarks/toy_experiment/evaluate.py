@@ -9,7 +9,7 @@ import torch
 
 from metrics import iou, real_probability, segment
 
-CAPTION_TOKENS = 8
+CAPTION_TOKENS = 16    # as recipes.TEXT_TOKENS
 
 
 def sample_set(pipe, prompt: str, controls: Optional[np.ndarray], count: int, size: int, steps: int,

@@ -7,6 +7,8 @@
   of both domains with their ground-truth silhouettes, so it works on photos and flat renders
   alike; fidelity = IoU of its mask (probability > 0.5) with the control's silhouette (> 0.5).
 Both report their held-out quality, so a reader can judge how far to trust them.
+Both judge images box-filtered down to at most JUDGE_SIZE px (and masks likewise), so their cost
+does not grow with the generator's image size.
 """
 from __future__ import annotations
 
@@ -16,8 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+JUDGE_SIZE = 32
+
+
+def judge_view(a: np.ndarray) -> np.ndarray:
+    """[N, S, S(, 3)] box-filtered to JUDGE_SIZE when S is a multiple of it (else as it is)."""
+    s = a.shape[1]
+    if s <= JUDGE_SIZE or s % JUDGE_SIZE:
+        return a
+    f = s // JUDGE_SIZE
+    return a.reshape(a.shape[0], JUDGE_SIZE, f, JUDGE_SIZE, f, *a.shape[3:]).mean(axis=(2, 4)).astype(np.float32)
+
+
 def _nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+    return torch.from_numpy(np.ascontiguousarray(judge_view(images))).permute(0, 3, 1, 2) * 2 - 1
 
 
 class DomainClassifier(nn.Module):
@@ -90,7 +104,7 @@ def real_probability(classifier: DomainClassifier, images: np.ndarray) -> np.nda
 def train_segmenter(images: np.ndarray, masks: np.ndarray, steps: int = 600, seed: int = 0, log=print):
     """images [N, S, S, 3] in [0, 1], masks [N, S, S] in [0, 1] (soft edges are targets as they are)."""
     torch.manual_seed(seed)
-    return _fit(Segmenter(), _nchw(images), torch.from_numpy(masks), steps, 32, 3e-3,
+    return _fit(Segmenter(), _nchw(images), torch.from_numpy(np.ascontiguousarray(judge_view(masks))), steps, 32, 3e-3,
                 F.binary_cross_entropy_with_logits, seed, log, "segmenter")
 
 
@@ -102,7 +116,7 @@ def segment(segmenter: Segmenter, images: np.ndarray) -> np.ndarray:
 
 def iou(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """[N] IoU of boolean predictions with soft masks thresholded at 0.5."""
-    gt = masks > 0.5
+    gt = judge_view(masks) > 0.5
     inter = (pred & gt).sum(axis=(1, 2))
     union = (pred | gt).sum(axis=(1, 2))
     return inter / np.maximum(union, 1)

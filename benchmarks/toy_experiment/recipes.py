@@ -16,20 +16,21 @@ import time
 
 import data
 
-TEXT_TOKENS = 8
+TEXT_TOKENS = 16       # the fewest T5 tokens Text Encode (Realiz3D) offers: the demo model samples in ComfyUI
 
 
-def _config(work: str, name: str, recipe: str, z, steps: int, lr: float, **sections) -> "TrainConfig":
+def _config(work: str, name: str, recipe: str, z, steps: int, lr: float, seed: int = 0, out_root: str = None,
+            **sections) -> "TrainConfig":
     from realiz3d.training import load_config
     raw = {"recipe": recipe,
            "data": {"real": os.path.join(work, "data", "real"), "synthetic": os.path.join(work, "data", "synthetic"),
                     "controls": list(z.controls), "size": z.size, "caption": data.CAPTION, "real_ratio": 0.5},
            "train": {"steps": steps, "batch_size": z.batch, "lr": lr, "weight_decay": 0.0, "warmup_steps": 50,
                      "guidance": z.guidance, "latents": "mean", "max_sequence_length": TEXT_TOKENS,
-                     "log_every": 50, "seed": 0},
+                     "log_every": 50, "seed": seed},
            "lora": {"rank": z.lora_rank, "alpha": float(z.lora_rank)},
            "checkpoint": {"every": 10 ** 7, "keep": 1},
-           "output": {"dir": os.path.join(work, name)}}
+           "output": {"dir": os.path.join(out_root or work, name)}}
     for section, values in sections.items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
@@ -39,7 +40,10 @@ def _config(work: str, name: str, recipe: str, z, steps: int, lr: float, **secti
 
 
 def _train(cfg, pipe, log):
+    import torch
+
     from realiz3d.training import train
+    torch.manual_seed(cfg.train.seed)          # new adapters draw their init from torch's global generator
     t0 = time.time()
     result = train(cfg, pipe=pipe, log=log)
     return result, time.time() - t0
@@ -58,18 +62,22 @@ def pretrain_base(pipe, d: dict, z, work: str, log) -> dict:
     return {"losses": _every(result.losses), "train_s": seconds, "outputs": result.outputs}
 
 
-def train_realiz3d(pipe, z, work: str, log, after_stage1=None) -> dict:
+def train_realiz3d(pipe, z, work: str, log, after_stage1=None, seed: int = 0, name: str = "A",
+                   out_root: str = None) -> dict:
     """A: stage 1 then stage 2; returns what sampling needs (shifters, adapters, schedules).
-    after_stage1(shifters, stage-1 seconds), when given, runs between the stages (diagnostics)."""
+    after_stage1(shifters, stage-1 seconds), when given, runs between the stages (diagnostics).
+    Outputs in <out_root or work>/<name>_stage1 and _stage2 (data in work/data); ``seed``: the runs' train.seed and
+    the adapters' init."""
     from realiz3d.adapters import load_shifters, make_schedule
     from realiz3d.engine.lora_files import attach_lora
-    c1 = _config(work, "A_stage1", "stage1", z, z.stage1_steps, z.shifter_lr,
-                 shifters={"rank": z.shifter_rank, "embed_dim": 32})
+    c1 = _config(work, f"{name}_stage1", "stage1", z, z.stage1_steps, z.shifter_lr, seed, out_root,
+                 shifters={"rank": z.shifter_rank, "embed_dim": 32, "variant": z.shifter_variant})
     r1, s1 = _train(c1, pipe, log)
     shifters = load_shifters(r1.outputs["shifters"])
     if after_stage1 is not None:
         after_stage1(shifters, s1)
-    c2 = _config(work, "A_stage2", "stage2", z, z.stage2_steps, z.lora_lr,
+    c2 = _config(work, f"{name}_stage2", "stage2", z, z.stage2_steps, z.lora_lr, seed, out_root,
+                 data={"real_ratio": z.stage2_real_ratio},
                  stage2={"shifters": r1.outputs["shifters"], "tau_b": z.tau_b})
     r2, s2 = _train(c2, pipe, log)
     tr = pipe.transformer
@@ -86,10 +94,11 @@ def train_realiz3d(pipe, z, work: str, log, after_stage1=None) -> dict:
                                                                                           **r2.outputs}}
 
 
-def train_baseline(pipe, z, work: str, log) -> dict:
+def train_baseline(pipe, z, work: str, log, seed: int = 0, name: str = "B_baseline", out_root: str = None) -> dict:
     """B: standard fine-tuning on the same data mix, LoRAs as A's stage 2, no shifters."""
     from realiz3d.engine.lora_files import attach_lora
-    cfg = _config(work, "B_baseline", "stage2", z, z.baseline_steps, z.lora_lr, stage2={"baseline": True})
+    cfg = _config(work, name, "stage2", z, z.baseline_steps, z.lora_lr, seed, out_root,
+                  stage2={"baseline": True})
     r, s = _train(cfg, pipe, log)
     tr = pipe.transformer
     return {"adapters": (attach_lora(tr, r.outputs["control_lora"], "toyB_control", "control_lora"),),

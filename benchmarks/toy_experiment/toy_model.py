@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TOY_TRANSFORMER = dict(num_layers=2, num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
+TOY_TRANSFORMER = dict(num_layers=2, num_single_layers=4, attention_head_dim=32, num_attention_heads=3,
                        in_channels=64, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
                        axes_dims_rope=[8, 12, 12])
-PROMPT_TOKENS = 8        # T5 tokens kept for the (single, constant) toy caption
+PROMPT_TOKENS = 16       # T5 tokens kept for the (single, constant) toy caption (as recipes.TEXT_TOKENS)
 
 
 def build_pipeline(vae, seed: int = 0, tokenizer_dir: str = None):

@@ -2,8 +2,8 @@
 toy images so that latents carry the images: the random tiny VAE of loading/tiny.py decodes
 noise, which would make every image metric meaningless.
 
-Differences from FLUX.1's VAE, on purpose: 3 resolution levels instead of 4 (4x downsampling,
-so a 32 px image is an 8 x 8 latent = 16 transformer tokens instead of 4) and narrow channels.
+Like FLUX.1's VAE: 4 resolution levels (8x downsampling, what the pack's samplers assume), so a
+64 px image is an 8 x 8 latent = 16 transformer tokens; unlike it, narrow channels.
 The latent statistics of the training set set ``shift_factor`` / ``scaling_factor`` (unit
 variance after scaling), as Flux's own factors do for its VAE.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VAE_SIZES = dict(block_out_channels=[16, 32, 32], layers_per_block=1, sample_size=32, norm_num_groups=8,
+VAE_SIZES = dict(block_out_channels=[16, 16, 32, 32], layers_per_block=1, sample_size=64, norm_num_groups=8,
                  mid_block_add_attention=False,
-                 down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
+                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 
 
 def build_vae(seed: int = 0, shift: float = 0.0, scale: float = 1.0):

@@ -1,0 +1,36 @@
+"""Train and sweep Realiz3D (method A) alone under one recipe variant for one seed, into the
+cache that run.py --ablation VARIANT --reuse reads (work/seed<seed>/A_<variant>/points.json).
+Lets variants run beside the main run.
+
+Usage: .cache/host/venv/bin/python benchmarks/toy_experiment/train_variant.py VARIANT [--seed 0]
+       [--work /tmp/realiz3d_toy] [--threads 1] [--quick]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (imports the pack)
+import torch  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("variant", choices=sorted(run.VARIANTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    z = run.Sizes(**(run.QUICK if args.quick else {}))
+    work = args.work or ("/tmp/realiz3d_toy_quick" if args.quick else "/tmp/realiz3d_toy")
+    d = run.make_data(z, work)
+    ctx = run.shared_stage(z, work, d)
+    ctx["base_state"] = run.base_weights(ctx["pipe"].transformer)
+    sweeper = run.Sweeper(z, ctx, d)
+    run.run_method("A", z, ctx, sweeper, work, args.seed, args.variant, args.quick, reuse=True)
+
+
+if __name__ == "__main__":
+    main()
