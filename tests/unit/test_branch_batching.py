@@ -11,6 +11,8 @@ import weakref
 import pytest
 import torch
 
+from capture import capture_runtime
+
 from realiz3d.engine import FluxEngine, KVCache, dense_masked_attention, grouped_attention
 from realiz3d.refany3d import layout as ra
 from realiz3d.refany3d.domain_embedder import make_domain_embedder
@@ -161,26 +163,6 @@ def test_realiz3d_controls_with_shifters_batched_equals_per_branch(precompute):
     b = reference(tr, shifters=shifters, trace=trace_b, precompute_shifts=precompute)(branches(), None, pooled)
     assert max_diff(a, b) <= TOL and sorted(trace_a) == sorted(trace_b)
     assert len(FluxEngine(tr, shifters=shifters).layout(branches()).streams) == 3          # text, target, controls
-
-
-def capture_runtime(pipe):
-    from realiz3d.sampling.runtime import DiffusersCodec, LatentCodec, runtime_from_pipeline
-
-    class Capture(LatentCodec):
-        channels, can_sample = 16, True
-
-        def __init__(self, inner):
-            self.inner, self.decoded = inner, []
-
-        def encode(self, images, generator, mode):
-            return self.inner.encode(images, generator, mode)
-
-        def decode(self, latents):
-            self.decoded.append(latents.clone())
-            return self.inner.decode(latents)
-    rt = runtime_from_pipeline(pipe)
-    rt.codec = Capture(DiffusersCodec(pipe.vae))
-    return rt
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from capture import Capture
 from comfy_native import import_comfy, native_model
 from realiz3d.adapters import DomainShifters, ShifterConfig, make_schedule
 from realiz3d.adapters.block_patches import ShiftPatches
@@ -20,7 +21,7 @@ from realiz3d.refany3d.tiny_weights import write_tiny_refany3d
 from realiz3d.renderers import InputError
 from realiz3d.sampling.flow import initial_noise, pack_latents, unpack_latents
 from realiz3d.sampling.realiz3d_sampler import Realiz3DSettings, sample_realiz3d
-from realiz3d.sampling.runtime import DiffusersCodec, HostCodec, LatentCodec, TextConditioning
+from realiz3d.sampling.runtime import DiffusersCodec, HostCodec, TextConditioning
 
 
 
@@ -47,20 +48,6 @@ def stored_dtype(weight) -> torch.dtype:
     """The dtype a weight is kept in (0.33 wraps quantised weights in a tensor subclass whose
     ``dtype`` is the logical one and ``storage_dtype`` the stored one)."""
     return getattr(weight, "storage_dtype", weight.dtype)
-
-
-class Capture(LatentCodec):
-    """A codec that records the final latents it is asked to decode."""
-
-    def __init__(self, inner):
-        self.inner, self.channels, self.can_sample, self.decoded = inner, inner.channels, inner.can_sample, []
-
-    def encode(self, images, generator, mode):
-        return self.inner.encode(images, generator, mode)
-
-    def decode(self, latents):
-        self.decoded.append(latents.clone())
-        return self.inner.decode(latents)
 
 
 def runtimes(tiny):

@@ -10,6 +10,7 @@ import torch
 from diffusers import FluxPipeline
 from peft import LoraConfig, get_peft_model_state_dict
 
+from capture import Capture
 from ominicontrol_reference import generate as reference_generate, ominicontrol_mask
 from realiz3d.engine.control_formats import (OMINICONTROL, REALIZ3D, describe_control_lora, read_file_metadata,
                                              spatial_layout, task_from_name)
@@ -17,7 +18,7 @@ from realiz3d.engine.lora_files import attach_lora, read_lora, side_scales
 from realiz3d.loading import tiny_components
 from realiz3d.sampling.realiz3d_layout import control_mask
 from realiz3d.sampling.realiz3d_sampler import ControlSet, Realiz3DSettings, sample_realiz3d
-from realiz3d.sampling.runtime import LatentCodec, TextConditioning, runtime_from_pipeline
+from realiz3d.sampling.runtime import TextConditioning, runtime_from_pipeline
 
 #: OminiControl's spatial training config's peft target_modules (its key layout), as published
 OMINI_TARGETS = (r"(.*x_embedder|.*(?<!single_)transformer_blocks\.[0-9]+\.norm1\.linear"
@@ -41,20 +42,6 @@ def write_omini_lora(transformer, path, seed, std=0.05):
     FluxPipeline.save_lora_weights(os.path.dirname(path), transformer_lora_layers=get_peft_model_state_dict(donor),
                                    weight_name=os.path.basename(path))
     return path
-
-
-class Capture(LatentCodec):
-    """Records the final latents it decodes."""
-
-    def __init__(self, inner):
-        self.inner, self.channels, self.can_sample, self.decoded = inner, inner.channels, inner.can_sample, []
-
-    def encode(self, images, generator, mode):
-        return self.inner.encode(images, generator, mode)
-
-    def decode(self, latents):
-        self.decoded.append(latents.clone())
-        return self.inner.decode(latents)
 
 
 @pytest.fixture(scope="module")
