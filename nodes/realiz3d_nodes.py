@@ -264,15 +264,17 @@ class LoadControlLoRA(io.ComfyNode):
             t_path = model_path("loras", target_lora, "target_lora")
             files.append((target_lora, "target_lora", "target", t_path, None))
         if isinstance(model, FluxModel):
-            names = [attach_lora(model.pipeline.transformer, p, logical, k, strength, unit)
+            # OminiControl's scale-1 rule is the control file's; a target LoRA keeps its own alpha
+            names = [attach_lora(model.pipeline.transformer, p, logical, k, strength, unit and logical == "control")
                      for _, k, logical, p, _ in files]
             side, hidden = None, 0
         else:           # a host's MODEL: the LoRAs stay beside it, never merged into the shared weights
             layers, side, names = _layers(model), SideLoRAs(), []
             for f, k, logical, p, st in files:
                 st = st if st is not None else read_lora(p, k)
-                name = f"{logical}_{file_digest(p)}{strength_suffix(strength, unit)}"
-                side.add(name, st, layers.module_of, layers.hidden, k, f, scale=side_scales(st, strength, unit))
+                u = unit and logical == "control"
+                name = f"{logical}_{file_digest(p)}{strength_suffix(strength, u)}"
+                side.add(name, st, layers.module_of, layers.hidden, k, f, scale=side_scales(st, strength, u))
                 names.append(name)
             hidden = layers.hidden
         entry = ControlEntry(model, names[0], names[1] if len(names) > 1 else None, side, hidden, info, images,
