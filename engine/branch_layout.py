@@ -125,20 +125,8 @@ class BranchLayout:
         self.n = n_branches
         self.rows = rows
         self.active = tuple(s for s in self.streams if not (skip_cached and s.cached))
-        self.key_pos: dict[int, tuple[int, int]] = {}
-        self.query_pos: dict[int, tuple[int, int]] = {}
-        pos = 0
-        for s in self.streams:
-            for m, n in zip(s.members, s.lengths):
-                self.key_pos[m] = (pos, pos + n)
-                pos += n
-        self.key_len = pos
-        pos = 0
-        for s in self.active:
-            for m, n in zip(s.members, s.lengths):
-                self.query_pos[m] = (pos, pos + n)
-                pos += n
-        self.query_len = pos
+        self.key_pos, self.key_len = _spans(self.streams)
+        self.query_pos, self.query_len = _spans(self.active)
         self.query_branches = [m for s in self.active for m in s.members]
         self.groups = self._groups(rows)
         self._device: dict = {}
@@ -205,3 +193,13 @@ def layout_key(branches: Sequence[Branch], rows: HostMask, cached: frozenset, sk
 def build_layout(key: tuple) -> BranchLayout:
     streams, rows, skip_cached, n = key
     return BranchLayout([Stream(*s) for s in streams], n, rows, skip_cached)
+
+
+def _spans(streams) -> tuple[dict[int, tuple[int, int]], int]:
+    """({branch: (start, end)} of each member's tokens in the streams laid end to end, total length)."""
+    spans, pos = {}, 0
+    for s in streams:
+        for m, n in zip(s.members, s.lengths):
+            spans[m] = (pos, pos + n)
+            pos += n
+    return spans, pos

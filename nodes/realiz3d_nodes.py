@@ -116,11 +116,11 @@ def _mesh_controls(control, model, default_map: str) -> dict:
         return {"control_sets": [(default_map, (), "mean", False)]}
     sets = []
     for e in entries:
-        kind = e.control_map or e.info.control_map or default_map
-        if e.info.convention == OMINICONTROL and e.info.task and not (e.control_map or e.info.control_map):
+        kind = e.control_map or e.info.control_map
+        if kind is None and e.info.convention == OMINICONTROL and e.info.task:
             raise InputError("control", f"the {e.info.describe()} needs {e.info.task} images, which a mesh render "
                                         "does not give; use Realiz3D Sample with your own control images.")
-        sets.append((kind, (e.adapter,), e.info.condition_latents, e.info.independent))
+        sets.append((kind or default_map, (e.adapter,), e.info.condition_latents, e.info.independent))
     return {"control_sets": sets, **_side_args(entries)}
 
 

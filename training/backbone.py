@@ -51,9 +51,9 @@ class Backbone(ABC):
         L = self.layers
         return {"num_double": L.num_double, "num_single": L.num_single, "hidden": L.hidden}
 
+    @abstractmethod
     def base_module(self) -> nn.Module:
         """The module holding the frozen base weights."""
-        raise NotImplementedError
 
     def weight_bytes(self) -> float:
         """Bytes per base weight as stored (1 for fp8)."""

@@ -18,16 +18,9 @@ from realiz3d.refany3d import layout as ra
 from realiz3d.refany3d.domain_embedder import make_domain_embedder
 from realiz3d.sampling import realiz3d_layout
 from test_engine import add_lora, image_ids, tiny_transformer
+from training_helpers import one_thread  # noqa: F401  (autouse: one torch thread per test)
 
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def refany3d_model(seed=0):

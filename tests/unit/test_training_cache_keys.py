@@ -8,7 +8,7 @@ from realiz3d.training.encode import DiskCache, LatentCache, TextCache, fingerpr
 
 class FakeBackbone(Backbone):
     """Encoders that return their ``value`` everywhere (what was read tells which encoder made it)."""
-    add_lora = load_lora = save_lora = None
+    add_lora = load_lora = save_lora = base_module = None
 
     def __init__(self, text_id, vae_id, value):
         self.text_id, self.vae_id, self.value, self.device = text_id, vae_id, value, torch.device("cpu")
