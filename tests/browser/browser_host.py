@@ -57,14 +57,23 @@ def start_host(base, extra_nodes=()):
     return srv
 
 
+APP_READY = ("!!(window.app && window.app.graph && window.app.canvas && window.app.extensionManager"
+             " && window.app.extensions && window.app.extensions.length > 0)")
+
+
+def load_page(b, url) -> None:
+    """(Re)load ComfyUI's page in browser ``b`` until the app is set up (extensions registered,
+    graph ready)."""
+    b.navigate(url + "/", timeout=90)
+    b.wait_for(APP_READY, timeout=90)
+
+
 def open_page(chromium, url):
-    """A fresh browser on ComfyUI's page, the app set up (extensions registered, graph ready)."""
+    """A fresh browser on ComfyUI's page, the app set up."""
     b = Browser(chromium, *VIEWPORT, timeout=90).start()
     try:
         b.send("Network.enable")
-        b.navigate(url + "/", timeout=90)
-        b.wait_for("!!(window.app && window.app.graph && window.app.canvas && window.app.extensionManager"
-                   " && window.app.extensions && window.app.extensions.length > 0)", timeout=90)
+        load_page(b, url)
     except Exception:
         b.close()
         raise

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 
 import pytest
-from browser_host import ARTIFACTS, HOST, open_page, start_host
+from browser_host import ARTIFACTS, HOST, load_page, open_page, start_host
 
 from comfy_host import PACK_NAME, ROOT
 
@@ -117,13 +117,18 @@ def check_extension_once(page) -> list[str]:
 # -- the UI ----------------------------------------------------------------------------------------
 def click(page, selector_js: str, what: str, timeout: float = 20) -> None:
     """A real mouse click at the centre of the element ``selector_js`` evaluates to, once it is
-    visible and on top (not covered by another element)."""
+    visible, on top (not covered by another element) and still (no animation on it or around it,
+    where it was a moment ago)."""
     probe = f"""(() => {{
         const el = {selector_js};
         if (!el) return {{why: "not in the page"}};
         el.scrollIntoView({{block: "center", inline: "center"}});
         const r = el.getBoundingClientRect();
         if (r.width < 2 || r.height < 2) return {{why: "not visible"}};
+        // a dialog still zooming in (or any moving ancestor): what is under a point changes each frame
+        const moving = document.getAnimations().some(a => a.playState === "running" && a.effect
+            && a.effect.target instanceof Element && (a.effect.target === el || a.effect.target.contains(el)));
+        if (moving) return {{why: "still animating"}};
         const x = r.left + r.width / 2, y = r.top + r.height / 2;
         const top = document.elementFromPoint(x, y);
         if (!top || !(el === top || el.contains(top)))
@@ -184,28 +189,44 @@ def card(name: str) -> str:
     return f"document.querySelector('[data-testid=\"template-workflow-{name}\"]')"
 
 
+#: the dialog's "Extensions" group title (a collapsible group: a click on it hides the pack's entry),
+#: when it is collapsed
+EXTENSIONS_COLLAPSED = ("[...document.querySelectorAll('[aria-labelledby=\"global-workflow-template-selector\"] nav h3')]"
+                        ".filter(h => h.textContent.trim().toLowerCase() === 'extensions')"
+                        ".map(h => h.parentElement).find(t => t.querySelector('.pi-chevron-right'))")
+NAV_TEXTS = ("[...document.querySelectorAll('[aria-labelledby=\"global-workflow-template-selector\"] nav h3, "
+             "[aria-labelledby=\"global-workflow-template-selector\"] nav [role=button]')].map(e => e.textContent.trim())")
+
+
 def open_template_dialog_on_pack(page) -> None:
-    # On a busy machine the dialog may open before the custom nodes' template index has loaded,
-    # and then lists no entry for the pack until it is opened again: a user would reopen it too.
+    """The template dialog open on the pack's entry, its cards shown; as a user would: reopen the
+    dialog when the entry does not show, unfold the Extensions group when it is folded (a click
+    that lands on its title while the list lays out folds it), reload the page at last."""
+    seen = []
     for attempt in range(3):
+        if attempt == 2:
+            load_page(page, page.host.url)
         close_dialogs(page)
         click(page, "document.querySelector('button[aria-label=\"Templates\"]')", "the side bar's Templates button")
         # the dialog lists its categories first and selects one when its template index has loaded:
         # click the pack's entry once cards show, again if that selection came after the click
         page.wait_for(f"!!{DIALOG} && document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length > 0",
                       timeout=30)
-        try:
-            for _ in range(3):
-                click(page, PACK_CATEGORY, f"the template dialog's {PACK_NAME!r} entry", timeout=20)
-                try:
-                    page.wait_for(f"!!{card(TEMPLATES[0])}", timeout=5)
-                    return
-                except Exception:
-                    pass
-        except AssertionError:
-            if attempt == 2:
-                raise
-    raise AssertionError(f"the template dialog shows no card for {TEMPLATES[0]!r} under {PACK_NAME!r}")
+        for _ in range(2):
+            if page.evaluate(f"!{PACK_CATEGORY} && !!{EXTENSIONS_COLLAPSED}"):
+                seen.append(f"attempt {attempt + 1}: the Extensions group was folded; unfolding it")
+                click(page, EXTENSIONS_COLLAPSED, "the template dialog's folded 'Extensions' group", timeout=10)
+                time.sleep(0.5)
+            try:
+                click(page, PACK_CATEGORY, f"the template dialog's {PACK_NAME!r} entry", timeout=10)
+                page.wait_for(f"!!{card(TEMPLATES[0])}", timeout=5)
+                if seen:
+                    print("\nthe template dialog opened on the pack after:\n" + "\n".join(seen))
+                return
+            except Exception as exc:
+                seen.append(f"attempt {attempt + 1}: {exc}; the dialog's list: {page.evaluate(NAV_TEXTS)}")
+    raise AssertionError(f"the template dialog shows no card for {TEMPLATES[0]!r} under {PACK_NAME!r}:\n"
+                         + "\n".join(seen))
 
 
 def settle(page, seconds: float = 1.0) -> None:
@@ -329,11 +350,16 @@ def test_page_loads_with_the_pack(page):
     assert not problems, "\n".join(problems)
 
 
-def wait_until_open(page, name: str, timeout: float = 60) -> None:
-    """Until the dialog has closed and the template is the active workflow, drawn."""
+ACTIVE_WORKFLOW = "app.extensionManager.workflow.activeWorkflow?.filename ?? null"
+
+
+def wait_until_open(page, name: str, timeout: float = 60, before: str | None = None) -> None:
+    """Until the dialog has closed and the template is the active workflow, drawn. Fails at once
+    when another workflow than ``before`` (the one active before the click) and ``name`` opened:
+    the click landed on another card."""
     probe = f"""(() => ({{
         dialog_open: !!{DIALOG},
-        active: app.extensionManager.workflow.activeWorkflow?.filename ?? null,
+        active: {ACTIVE_WORKFLOW},
         nodes: app.graph.nodes.length,
     }}))()"""
     t0 = time.time()
@@ -343,6 +369,8 @@ def wait_until_open(page, name: str, timeout: float = 60) -> None:
         same = state["active"] == name or re.fullmatch(re.escape(name) + r" \(\d+\)", state["active"] or "")
         if not state["dialog_open"] and same and state["nodes"] > 0:
             return
+        if not same and state["active"] not in (before, None):
+            raise AssertionError(f"the click opened another workflow: {state}")
         if time.time() - t0 > timeout:
             raise AssertionError(f"not open after {timeout:.0f} s: {state}")
         time.sleep(0.25)
@@ -357,18 +385,23 @@ def test_template_opens_from_the_template_dialog(page, name):
     mark = page.mark()
     t0 = time.time()
     try:
+        misses = []
         for attempt in range(3):
             # a click that lands while the card grid is still laying out is lost, or opens the card
             # that moved under it: open the dialog again and click again, as a user would
             open_template_dialog_on_pack(page)
+            before = page.evaluate(ACTIVE_WORKFLOW)
             click(page, card(name), f"template card {name!r} in the dialog")
             try:
                 page.wait_for(f"!{DIALOG}", timeout=15)
-                wait_until_open(page, name, timeout=30)
+                wait_until_open(page, name, timeout=30, before=before)
                 break
-            except Exception:
+            except Exception as exc:
+                misses.append(f"attempt {attempt + 1}: {exc}")
                 if attempt == 2:
-                    raise
+                    raise AssertionError("\n".join(misses)) from None
+        if misses:
+            print(f"\n{name}: opened after {len(misses)} missed click(s):\n" + "\n".join(misses))
     except Exception as exc:
         shot = page.screenshot(os.path.join(ARTIFACTS, f"{name}.failed.png"))
         pack, _, other = split_console(page.console_messages(mark))
