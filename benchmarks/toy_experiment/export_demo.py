@@ -12,7 +12,7 @@
       demo_model.json                  what it is: sizes, caption, seed, recipe, measured numbers
 
 Usage: .cache/host/venv/bin/python benchmarks/toy_experiment/export_demo.py --work /tmp/realiz3d_toy
-       [--seed 0] [--variant paper] [--out assets/realiz3d_demo]
+       [--seed 0] [--variant token] [--out assets/realiz3d_demo]
 The folder names under the output are the ComfyUI models/ folder names, so a host installs it by
 copying each into its models/ folder (scripts/demo.py does).
 """
@@ -100,7 +100,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/realiz3d_toy")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", default="paper")
+    ap.add_argument("--variant", default="token")
     ap.add_argument("--out", default=os.path.join(ROOT, "assets", "realiz3d_demo"))
     args = ap.parse_args(argv)
     export(args.work, args.seed, args.variant, args.out)

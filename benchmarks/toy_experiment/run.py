@@ -96,8 +96,10 @@ VARIANTS = {
     "token-s1x2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_steps": 500, "stage2_steps": 500},
     # bias shifters, twice the stage-1 steps (same total)
     "bias-s1x2": {"stage1_steps": 500, "stage2_steps": 500},
-    # reassignment over every block (tau_B = all 6) and more real samples in stage 2
-    "tau6-real0.7": {"tau_b": 6, "stage2_real_ratio": 0.7},
+    # token shifters, with reassignment over every block (tau_B = all 6) and more real samples in stage 2
+    "token-tau6-real0.7": {"shifter_variant": "token", "shifter_rank": 16, "tau_b": 6, "stage2_real_ratio": 0.7},
+    # token shifters, a shorter stage 1 (token shifters learn the gap in fewer steps) and a longer stage 2
+    "token-s2x1.2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_steps": 100, "stage2_steps": 900},
 }
 
 
@@ -332,7 +334,7 @@ def main(argv=None) -> dict:
                     help="working folder (data, weights, sheets); default /tmp/realiz3d_toy[_quick]")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds of A and B (default 0 1)")
-    ap.add_argument("--variant", default="paper", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
+    ap.add_argument("--variant", default="token", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
     ap.add_argument("--ablation", nargs="*", default=None, choices=sorted(VARIANTS),
                     help="recipe variants also run on the first seed (A only), for the ablation table")
     ap.add_argument("--methods", nargs="+", default=("A", "B"), choices=("A", "B"),
