@@ -87,20 +87,35 @@ QUICK = dict(n_real=200, n_synthetic=200, n_test=60, n_eval=8, n_sweep=6, vae_st
 #: the fields that the shared stage (data, VAE, judges, base) depends on: its cache key
 SHARED_FIELDS = ("size", "n_real", "n_synthetic", "n_test", "n_eval", "vae_steps", "vae_batch", "classifier_steps",
                  "segmenter_steps", "base_steps", "batch", "base_lr", "guidance", "controls")
-#: Realiz3D recipe variants (overrides of Sizes for method A only; B keeps its recipe and budget)
+#: Realiz3D recipe variants (overrides of Sizes for method A only; B keeps its recipe and budget).
+#: ``stage1_share`` splits A's step budget (stage1_steps + stage2_steps) between the two stages,
+#: so a variant keeps the budget, and its split, in --quick too.
 VARIANTS = {
     "paper": {},                                                         # the recipe of the first toy run
     # stage 1 with more capacity: token-dependent shifters (SPEC's [ours] option), rank 16; same steps
     "token": {"shifter_variant": "token", "shifter_rank": 16},
     # stage 1 with more capacity: token-dependent shifters, rank 16, twice the steps (stage 2 gives them up)
-    "token-s1x2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_steps": 500, "stage2_steps": 500},
+    "token-s1x2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_share": 0.5},
     # bias shifters, twice the stage-1 steps (same total)
-    "bias-s1x2": {"stage1_steps": 500, "stage2_steps": 500},
+    "bias-s1x2": {"stage1_share": 0.5},
     # token shifters, with reassignment over every block (tau_B = all 6) and more real samples in stage 2
     "token-tau6-real0.7": {"shifter_variant": "token", "shifter_rank": 16, "tau_b": 6, "stage2_real_ratio": 0.7},
-    # token shifters, a shorter stage 1 (token shifters learn the gap in fewer steps) and a longer stage 2
-    "token-s2x1.2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_steps": 100, "stage2_steps": 900},
+    # token shifters, a short stage 1 (token shifters learn the gap in fewer steps) and a longer stage 2:
+    # 100 + 900 steps in the full run
+    "token-s2x1.2": {"shifter_variant": "token", "shifter_rank": 16, "stage1_share": 0.1},
 }
+
+
+def variant_sizes(z: Sizes, variant: str) -> Sizes:
+    """Sizes of method A under a recipe variant."""
+    over = dict(VARIANTS[variant])
+    share = over.pop("stage1_share", None)
+    za = Sizes(**{**asdict(z), **over})
+    if share is not None:
+        budget = z.stage1_steps + z.stage2_steps
+        za.stage1_steps = max(1, round(share * budget))
+        za.stage2_steps = budget - za.stage1_steps
+    return za
 
 
 def log(msg: str) -> None:
@@ -295,7 +310,7 @@ def run_method(method: str, z: Sizes, ctx: dict, sweeper: Sweeper, work: str, se
     keep = ("real", "synthetic", f"layer-aware k={z.k_layers}", "control x1")
     diagnostics = []
     if method == "A":
-        za = Sizes(**{**asdict(z), **VARIANTS[variant]})
+        za = variant_sizes(z, variant)
         hook = None if after_stage1 is None else (lambda sh, sec: diagnostics.extend(after_stage1(sh, sec)))
         trained = recipes.train_realiz3d(pipe, za, work, log, after_stage1=hook, seed=seed, name=name,
                                          out_root=folder)
@@ -327,6 +342,54 @@ def kept_images(work: str, seed: int, name: str) -> dict:
         return {k: f[k] for k in f.files}
 
 
+class Jobs:
+    """Per-seed (and per-variant) runs as child processes of this script, at most --jobs at a time,
+    each writing its sweeps to the work folder's cache (read back with reuse) and its log to
+    work/jobs/<task>.log. A failed child stops the run with its log's tail; an interrupt stops
+    the children."""
+
+    def __init__(self, tasks, args, work):
+        import subprocess
+        self.subprocess, self.pending, self.running, self.done = subprocess, list(tasks), {}, []
+        self.common = ["--work", work, "--threads", str(args.threads), "--seed-only"] + (["--quick"] if args.quick else [])
+        self.common += ["--reuse"] if args.reuse else []
+        self.jobs, self.threads, self.logs = args.jobs, str(args.threads), os.path.join(work, "jobs")
+        os.makedirs(self.logs, exist_ok=True)
+        self._fill()
+
+    def _fill(self):
+        while self.pending and len(self.running) < self.jobs:
+            name, extra = self.pending.pop(0)
+            path = os.path.join(self.logs, name.replace(" ", "_") + ".log")
+            out = open(path, "w")
+            env = {**os.environ, "OMP_NUM_THREADS": self.threads}
+            proc = self.subprocess.Popen([sys.executable, os.path.abspath(__file__), *extra, *self.common],
+                                         stdout=out, stderr=self.subprocess.STDOUT, env=env)
+            self.running[name] = (proc, out, path, time.time())
+            log(f"{name}: started in a child process (log {path})")
+
+    def wait(self):
+        try:
+            while self.running:
+                for name, (proc, out, path, t0) in list(self.running.items()):
+                    if proc.poll() is None:
+                        continue
+                    out.close()
+                    del self.running[name]
+                    if proc.returncode != 0:
+                        with open(path) as f:
+                            tail = "".join(f.readlines()[-30:])
+                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); the end of {path}:\n{tail}")
+                    log(f"{name}: done in {(time.time() - t0) / 60:.1f} min")
+                    self.done.append(name)
+                self._fill()
+                time.sleep(2)
+        finally:
+            for proc, out, _, _ in self.running.values():
+                proc.terminate()
+                out.close()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few minutes")
@@ -334,13 +397,17 @@ def main(argv=None) -> dict:
                     help="working folder (data, weights, sheets); default /tmp/realiz3d_toy[_quick]")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds of A and B (default 0 1)")
-    ap.add_argument("--variant", default="token", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
+    ap.add_argument("--variant", default="token-s2x1.2", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
     ap.add_argument("--ablation", nargs="*", default=None, choices=sorted(VARIANTS),
                     help="recipe variants also run on the first seed (A only), for the ablation table")
     ap.add_argument("--methods", nargs="+", default=("A", "B"), choices=("A", "B"),
                     help="train and sweep only these (the others from the cache, when there)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse cached per-seed sweeps (work/seed*/*/points.json); the shared stage is always cached")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="after the shared stage, train and sweep the seeds (and --ablation variants) in this many "
+                         "parallel processes of --threads threads each (2 on 2 cores, with --threads 1)")
+    ap.add_argument("--seed-only", action="store_true", help=argparse.SUPPRESS)   # a --jobs child: no report
     ap.add_argument("--base-loop", choices=("library", "own"), default="library",
                     help="pretrain the base with the training library (stage 2, baseline, full fine-tuning, real "
                          "images only) or with toy_model.pretrain (plain loop, for comparison)")
@@ -351,8 +418,18 @@ def main(argv=None) -> dict:
     os.makedirs(work, exist_ok=True)
     torch.set_num_threads(args.threads)
     t_start = time.time()
+    if args.jobs > 1 and not args.seed_only:    # the shared stage has the machine to itself: all the cores
+        torch.set_num_threads(args.threads * args.jobs)
     d = make_data(z, work)
     ctx = shared_stage(z, work, d, args.base_loop)
+    torch.set_num_threads(args.threads)
+    jobs = None
+    if args.jobs > 1 and not args.seed_only:
+        tasks = [(f"seed {seed}", ["--seeds", str(seed), "--variant", args.variant, "--methods", *args.methods])
+                 for seed in seeds]
+        tasks += [(f"variant {v}", ["--seeds", str(seeds[0]), "--variant", v, "--methods", "A"])
+                  for v in args.ablation or ()]
+        jobs = Jobs(tasks, args, work)
     pipe, classifier, segmenter = ctx["pipe"], ctx["classifier"], ctx["segmenter"]
     ctx["base_state"] = base_weights(pipe.transformer)
     sweeper = Sweeper(z, ctx, d)
@@ -386,11 +463,19 @@ def main(argv=None) -> dict:
             log(f"diagnostic {r['label']}: realism {r['realism']:.3f}")
         return rows
 
+    if args.seed_only:                   # a --jobs child: train and sweep, the parent writes the report
+        for seed in seeds:
+            for method in args.methods:
+                run_method(method, z, ctx, sweeper, work, seed, args.variant, args.quick, args.reuse,
+                           after_stage1=shifters_alone)
+        return {}
+    if jobs is not None:
+        jobs.wait()
     per_seed = {"A": {}, "B": {}}
     runs = []
     for seed in seeds:
         for method in ("A", "B"):
-            reuse = args.reuse or method not in args.methods
+            reuse = args.reuse or method not in args.methods or jobs is not None
             out = run_method(method, z, ctx, sweeper, work, seed, args.variant, args.quick, reuse,
                              after_stage1=shifters_alone)
             per_seed[method][seed] = out["rows"]
@@ -461,6 +546,9 @@ def write_results(result: dict, quick: bool) -> None:
              f"realism {_fmt(h['baseline_realism_at_best_iou'])}); Realiz3D's best realism at IoU >= that: "
              f"{_fmt(h['realiz3d_realism_at_baseline_best_iou'])} (within {h['tolerance']} IoU: "
              f"{_fmt(h['realiz3d_realism_within_tolerance'])}); Realiz3D's best IoU {h['realiz3d_best_iou']:.3f}.", "",
+             "Where each front is above the other (IoU interval: leader, largest realism gap): " + "; ".join(
+                 f"({x['lo']:.3f}, {x['hi']:.3f}]: {dict(A='Realiz3D', B='standard', tie='tie')[x['leader']]}"
+                 f" {x['gap']:.3f}" for x in sweep.leads(result["fronts"]["A"], result["fronts"]["B"])) + ".", "",
              f"![fronts]({os.path.basename(result['plot'])})", "",
              "| method | knob | realism P(real) | IoU with control | share judged real | on front |", "|---|---|---|---|---|---|"]
     fronts = result["fronts"]

@@ -162,14 +162,43 @@ def compare(a_rows: list[dict], b_rows: list[dict], tolerance: float = 0.01) -> 
             "realiz3d_best_iou": max(r["iou"] for r in a_rows)}
 
 
+def leads(a_rows: list[dict], b_rows: list[dict], tie: float = 0.01) -> list[dict]:
+    """Where each method's front is above the other's, over the IoU range both reach: intervals
+    (lo, hi] of IoU on which ``realism_at`` of A minus that of B keeps its sign, with the largest
+    gap in each. A method that does not reach an IoU counts as realism 0 there (no sample of it
+    follows the control that well); gaps of at most ``tie`` are ties. Returns
+    [{"lo", "hi", "leader": "A"|"B"|"tie", "gap"}]."""
+    xs = sorted({r["iou"] for r in list(a_rows) + list(b_rows)})
+    out = []
+    for lo, hi in zip(xs, xs[1:]):
+        a, b = realism_at(a_rows, hi) or 0.0, realism_at(b_rows, hi) or 0.0
+        leader = "A" if a - b > tie else "B" if b - a > tie else "tie"
+        if out and out[-1]["leader"] == leader:
+            out[-1].update(hi=hi, gap=max(out[-1]["gap"], abs(a - b)))
+        else:
+            out.append({"lo": lo, "hi": hi, "leader": leader, "gap": abs(a - b)})
+    return out
+
+
 # ----------------------------------------------------------------------------------------- plot
 COLORS = {"A": (31, 100, 200), "B": (210, 60, 40), "ref": (90, 90, 90)}
+
+
+def staircase(points: list[tuple]) -> list[tuple]:
+    """The polyline of a Pareto front's (iou, realism) points as what it claims: the best realism
+    reached at IoU >= x, a step down at each point's IoU (a straight line between two points
+    would draw knobs that were never sampled)."""
+    pts = sorted(points)
+    out = pts[:1]
+    for (xa, _), (xb, yb) in zip(pts, pts[1:]):
+        out += [(xa, yb), (xb, yb)]
+    return out
 
 
 def plot_fronts(path: str, a_rows: list[dict], b_rows: list[dict], refs: list[dict] = (), title: str = "",
                 size: tuple = (640, 480)) -> str:
     """A scatter of every knob (mean over seeds, with +-std crosses), both Pareto fronts as
-    lines, reference points in grey; x = IoU with the control, y = realism. PIL only (the venv
+    staircases (``staircase``), reference points in grey; x = IoU with the control, y = realism. PIL only (the venv
     has no matplotlib). Returns ``path``."""
     from PIL import Image, ImageDraw, ImageFont
     W, H = size
@@ -206,7 +235,7 @@ def plot_fronts(path: str, a_rows: list[dict], b_rows: list[dict], refs: list[di
         d.text((left + 120, 8), title, fill=(0, 0, 0), font=font)
     for key, rows in (("A", a_rows), ("B", b_rows)):
         c = COLORS[key]
-        pts = [px(r["iou"], r["realism"]) for r in front(list(rows))] if rows else []
+        pts = [px(x, y) for x, y in staircase([(r["iou"], r["realism"]) for r in front(list(rows))])] if rows else []
         if len(pts) > 1:
             d.line(pts, fill=c, width=2)
         for r in rows:

@@ -155,3 +155,62 @@ def test_stage2_trains_both_of_its_loras():
     first = add_lora(tr, "train_control", 4, 4.0, LORA_TARGETS)
     second = add_lora(tr, "train_target", 4, 4.0, LORA_TARGETS)
     assert all(p.requires_grad for p in first.values()) and all(p.requires_grad for p in second.values())
+
+
+def test_jobs_run_at_most_n_children_and_report_a_failed_one(tmp_path, monkeypatch):
+    """run.py --jobs: seeds / variants as child processes of the script, at most N at once, each
+    told to write only its sweeps (--seed-only); a failed child stops the run with its log."""
+    import argparse
+
+    import run
+    script = tmp_path / "child.py"
+    script.write_text("import os, sys, time\nargs = sys.argv[1:]\nseed = args[args.index('--seeds') + 1]\n"
+                      "open(os.path.join(args[args.index('--work') + 1], 'ran_' + seed), 'w').write(' '.join(args))\n"
+                      "print('child', seed, 'threads', os.environ['OMP_NUM_THREADS'])\ntime.sleep(0.3)\n"
+                      "sys.exit(3 if seed == 'bad' else 0)\n")
+    monkeypatch.setattr(run, "__file__", str(script))     # Jobs starts this module's file
+    args = argparse.Namespace(threads=1, quick=True, reuse=False, jobs=2)
+    jobs = run.Jobs([(f"seed {k}", ["--seeds", str(k)]) for k in range(3)], args, str(tmp_path))
+    assert len(jobs.running) == 2 and len(jobs.pending) == 1
+    jobs.wait()
+    assert sorted(jobs.done) == ["seed 0", "seed 1", "seed 2"] and not jobs.running
+    argv = (tmp_path / "ran_2").read_text().split()
+    assert "--seed-only" in argv and "--quick" in argv and argv[argv.index("--threads") + 1] == "1"
+    assert "threads 1" in (tmp_path / "jobs" / "seed_0.log").read_text()
+    failing = run.Jobs([("seed bad", ["--seeds", "bad"])], args, str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"seed bad failed \(exit 3\)[\s\S]*child bad threads 1"):
+        failing.wait()
+
+
+def test_staircase_steps_down_at_each_front_point():
+    # front points (iou, realism): the best realism at IoU >= x holds until the next point's IoU
+    assert sweep.staircase([(0.6, 0.5), (0.5, 0.9), (0.7, 0.1)]) == [
+        (0.5, 0.9), (0.5, 0.5), (0.6, 0.5), (0.6, 0.1), (0.7, 0.1)]
+    assert sweep.staircase([(0.4, 1.0)]) == [(0.4, 1.0)] and sweep.staircase([]) == []
+
+
+def test_leads_names_the_front_above_on_each_iou_interval():
+    a = [{"iou": 0.5, "realism": 1.0}, {"iou": 0.6, "realism": 0.6}, {"iou": 0.65, "realism": 0.2}]
+    b = [{"iou": 0.55, "realism": 1.0}, {"iou": 0.7, "realism": 0.0}, {"iou": 0.8, "realism": 0.0}]
+    got = [(x["lo"], x["hi"], x["leader"], round(x["gap"], 6)) for x in sweep.leads(a, b)]
+    # at IoU 0.55 B still has 1.0 and A 0.6; on (0.55, 0.65] only A has realism > 0; above, both are 0
+    assert got == [(0.5, 0.55, "B", 0.4), (0.55, 0.65, "A", 0.6), (0.65, 0.8, "tie", 0.0)]
+    # a gap under the tie threshold is no lead
+    near = [{"iou": 0.5, "realism": 1.0}, {"iou": 0.55, "realism": 0.995}, {"iou": 0.8, "realism": 0.0}]
+    b2 = [{"iou": 0.55, "realism": 1.0}, {"iou": 0.8, "realism": 0.0}]
+    assert [x["leader"] for x in sweep.leads(near, b2)] == ["tie"]
+    assert [x["leader"] for x in sweep.leads(near, b2, tie=0.0)] == ["B", "tie"]
+
+
+def test_variants_keep_the_step_budget_and_split_it_by_share():
+    import run
+    full, quick = run.Sizes(), run.Sizes(**run.QUICK)
+    za = run.variant_sizes(full, "token-s2x1.2")
+    assert (za.stage1_steps, za.stage2_steps, za.shifter_variant) == (100, 900, "token")
+    zq = run.variant_sizes(quick, "token-s2x1.2")             # --quick keeps its small budget
+    assert zq.stage1_steps + zq.stage2_steps == quick.stage1_steps + quick.stage2_steps == 90
+    assert (zq.stage1_steps, zq.stage2_steps) == (9, 81)
+    for name in run.VARIANTS:                                  # every variant: A's budget = B's
+        z = run.variant_sizes(full, name)
+        assert z.stage1_steps + z.stage2_steps == full.baseline_steps, name
+    assert run.variant_sizes(full, "paper") == full
