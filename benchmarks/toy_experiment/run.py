@@ -397,7 +397,7 @@ def main(argv=None) -> dict:
                     help="working folder (data, weights, sheets); default /tmp/realiz3d_toy[_quick]")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds of A and B (default 0 1)")
-    ap.add_argument("--variant", default="token-s2x1.2", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
+    ap.add_argument("--variant", default="token", choices=sorted(VARIANTS), help="Realiz3D recipe of the fronts")
     ap.add_argument("--ablation", nargs="*", default=None, choices=sorted(VARIANTS),
                     help="recipe variants also run on the first seed (A only), for the ablation table")
     ap.add_argument("--methods", nargs="+", default=("A", "B"), choices=("A", "B"),
