@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
+from jobs import Jobs  # noqa: E402
 import metrics  # noqa: E402
 import recipes  # noqa: E402
 import sweep  # noqa: E402
@@ -342,54 +343,6 @@ def kept_images(work: str, seed: int, name: str) -> dict:
         return {k: f[k] for k in f.files}
 
 
-class Jobs:
-    """Per-seed (and per-variant) runs as child processes of this script, at most --jobs at a time,
-    each writing its sweeps to the work folder's cache (read back with reuse) and its log to
-    work/jobs/<task>.log. A failed child stops the run with its log's tail; an interrupt stops
-    the children."""
-
-    def __init__(self, tasks, args, work):
-        import subprocess
-        self.subprocess, self.pending, self.running, self.done = subprocess, list(tasks), {}, []
-        self.common = ["--work", work, "--threads", str(args.threads), "--seed-only"] + (["--quick"] if args.quick else [])
-        self.common += ["--reuse"] if args.reuse else []
-        self.jobs, self.threads, self.logs = args.jobs, str(args.threads), os.path.join(work, "jobs")
-        os.makedirs(self.logs, exist_ok=True)
-        self._fill()
-
-    def _fill(self):
-        while self.pending and len(self.running) < self.jobs:
-            name, extra = self.pending.pop(0)
-            path = os.path.join(self.logs, name.replace(" ", "_") + ".log")
-            out = open(path, "w")
-            env = {**os.environ, "OMP_NUM_THREADS": self.threads}
-            proc = self.subprocess.Popen([sys.executable, os.path.abspath(__file__), *extra, *self.common],
-                                         stdout=out, stderr=self.subprocess.STDOUT, env=env)
-            self.running[name] = (proc, out, path, time.time())
-            log(f"{name}: started in a child process (log {path})")
-
-    def wait(self):
-        try:
-            while self.running:
-                for name, (proc, out, path, t0) in list(self.running.items()):
-                    if proc.poll() is None:
-                        continue
-                    out.close()
-                    del self.running[name]
-                    if proc.returncode != 0:
-                        with open(path) as f:
-                            tail = "".join(f.readlines()[-30:])
-                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); the end of {path}:\n{tail}")
-                    log(f"{name}: done in {(time.time() - t0) / 60:.1f} min")
-                    self.done.append(name)
-                self._fill()
-                time.sleep(2)
-        finally:
-            for proc, out, _, _ in self.running.values():
-                proc.terminate()
-                out.close()
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few minutes")
@@ -429,26 +382,10 @@ def main(argv=None) -> dict:
                  for seed in seeds]
         tasks += [(f"variant {v}", ["--seeds", str(seeds[0]), "--variant", v, "--methods", "A"])
                   for v in args.ablation or ()]
-        jobs = Jobs(tasks, args, work)
+        jobs = Jobs(tasks, args, work, script=os.path.abspath(__file__), log=log)
     pipe, classifier, segmenter = ctx["pipe"], ctx["classifier"], ctx["segmenter"]
     ctx["base_state"] = base_weights(pipe.transformer)
     sweeper = Sweeper(z, ctx, d)
-    eval_masks = d["eval"]["mask"]
-    refs, sheets = [], {}
-
-    def ref(label, images, masks, note=""):
-        r = {"label": label, "method": "ref", **evaluate.score(images, masks, classifier, segmenter), "note": note}
-        refs.append(r)
-        log(f"reference {label}: realism {r['realism']:.3f} IoU {r['iou']:.3f}")
-        return r
-
-    ref("held-out real (VAE round trip)", ctx["rt"]["real_test"], d["real_test"]["mask"][:z.n_eval],
-        "IoU of the segmenter with the true masks")
-    ref("held-out synthetic (VAE round trip)", ctx["rt"]["synthetic_test"], d["synthetic_test"]["mask"][:z.n_eval])
-    base_imgs = sweeper.images(sweep.Knob("base", "base"), {}, controls=False)
-    ref("base model, no control", base_imgs, sweeper.masks, "IoU against the eval masks = chance level")
-    sheets["base model, no control"] = base_imgs[:16]
-
     diagnostics = []
 
     def shifters_alone(shifters, seconds):
@@ -469,6 +406,21 @@ def main(argv=None) -> dict:
                 run_method(method, z, ctx, sweeper, work, seed, args.variant, args.quick, args.reuse,
                            after_stage1=shifters_alone)
         return {}
+    refs, sheets = [], {}
+
+    def ref(label, images, masks, note=""):
+        r = {"label": label, "method": "ref", **evaluate.score(images, masks, classifier, segmenter), "note": note}
+        refs.append(r)
+        log(f"reference {label}: realism {r['realism']:.3f} IoU {r['iou']:.3f}")
+        return r
+
+    ref("held-out real (VAE round trip)", ctx["rt"]["real_test"], d["real_test"]["mask"][:z.n_eval],
+        "IoU of the segmenter with the true masks")
+    ref("held-out synthetic (VAE round trip)", ctx["rt"]["synthetic_test"], d["synthetic_test"]["mask"][:z.n_eval])
+    base_imgs = sweeper.images(sweep.Knob("base", "base"), {}, controls=False)
+    ref("base model, no control", base_imgs, sweeper.masks, "IoU against the eval masks = chance level")
+    sheets["base model, no control"] = base_imgs[:16]
+
     if jobs is not None:
         jobs.wait()
     per_seed = {"A": {}, "B": {}}

@@ -11,7 +11,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (imports the pack)
-import torch  # noqa: E402
 
 
 def main(argv=None):
@@ -22,14 +21,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    z = run.Sizes(**(run.QUICK if args.quick else {}))
-    work = args.work or ("/tmp/realiz3d_toy_quick" if args.quick else "/tmp/realiz3d_toy")
-    d = run.make_data(z, work)
-    ctx = run.shared_stage(z, work, d)
-    ctx["base_state"] = run.base_weights(ctx["pipe"].transformer)
-    sweeper = run.Sweeper(z, ctx, d)
-    run.run_method("A", z, ctx, sweeper, work, args.seed, args.variant, args.quick, reuse=True)
+    # what a run.py --jobs child does for an --ablation variant: train and sweep, reuse the caches
+    run.main(["--seeds", str(args.seed), "--variant", args.variant, "--methods", "A", "--seed-only", "--reuse",
+              "--threads", str(args.threads)] + (["--work", args.work] if args.work else [])
+             + (["--quick"] if args.quick else []))
 
 
 if __name__ == "__main__":

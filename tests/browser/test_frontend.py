@@ -152,8 +152,10 @@ def click(page, selector_js: str, what: str, timeout: float = 20) -> None:
                                                "buttons": 1 if kind == "mousePressed" else 0, "clickCount": 1})
 
 
-DIALOG = "document.querySelector('[aria-labelledby=\"global-workflow-template-selector\"]')"
-PACK_CATEGORY = (f"[...document.querySelectorAll('[aria-labelledby=\"global-workflow-template-selector\"] nav [role=button]')]"
+#: the template dialog, as a CSS selector
+DIALOG_SEL = '[aria-labelledby="global-workflow-template-selector"]'
+DIALOG = f"document.querySelector('{DIALOG_SEL}')"
+PACK_CATEGORY = (f"[...document.querySelectorAll('{DIALOG_SEL} nav [role=button]')]"
                  f".find(e => e.textContent.trim() === {json.dumps(PACK_NAME)})")
 
 
@@ -191,11 +193,11 @@ def card(name: str) -> str:
 
 #: the dialog's "Extensions" group title (a collapsible group: a click on it hides the pack's entry),
 #: when it is collapsed
-EXTENSIONS_COLLAPSED = ("[...document.querySelectorAll('[aria-labelledby=\"global-workflow-template-selector\"] nav h3')]"
+EXTENSIONS_COLLAPSED = (f"[...document.querySelectorAll('{DIALOG_SEL} nav h3')]"
                         ".filter(h => h.textContent.trim().toLowerCase() === 'extensions')"
                         ".map(h => h.parentElement).find(t => t.querySelector('.pi-chevron-right'))")
-NAV_TEXTS = ("[...document.querySelectorAll('[aria-labelledby=\"global-workflow-template-selector\"] nav h3, "
-             "[aria-labelledby=\"global-workflow-template-selector\"] nav [role=button]')].map(e => e.textContent.trim())")
+NAV_TEXTS = (f"[...document.querySelectorAll('{DIALOG_SEL} nav h3, {DIALOG_SEL} nav [role=button]')]"
+             ".map(e => e.textContent.trim())")
 
 
 def open_template_dialog_on_pack(page) -> None:

@@ -157,27 +157,26 @@ def test_stage2_trains_both_of_its_loras():
     assert all(p.requires_grad for p in first.values()) and all(p.requires_grad for p in second.values())
 
 
-def test_jobs_run_at_most_n_children_and_report_a_failed_one(tmp_path, monkeypatch):
+def test_jobs_run_at_most_n_children_and_report_a_failed_one(tmp_path):
     """run.py --jobs: seeds / variants as child processes of the script, at most N at once, each
     told to write only its sweeps (--seed-only); a failed child stops the run with its log."""
     import argparse
 
-    import run
+    from jobs import Jobs
     script = tmp_path / "child.py"
     script.write_text("import os, sys, time\nargs = sys.argv[1:]\nseed = args[args.index('--seeds') + 1]\n"
                       "open(os.path.join(args[args.index('--work') + 1], 'ran_' + seed), 'w').write(' '.join(args))\n"
                       "print('child', seed, 'threads', os.environ['OMP_NUM_THREADS'])\ntime.sleep(0.3)\n"
                       "sys.exit(3 if seed == 'bad' else 0)\n")
-    monkeypatch.setattr(run, "__file__", str(script))     # Jobs starts this module's file
     args = argparse.Namespace(threads=1, quick=True, reuse=False, jobs=2)
-    jobs = run.Jobs([(f"seed {k}", ["--seeds", str(k)]) for k in range(3)], args, str(tmp_path))
+    jobs = Jobs([(f"seed {k}", ["--seeds", str(k)]) for k in range(3)], args, str(tmp_path), script=str(script))
     assert len(jobs.running) == 2 and len(jobs.pending) == 1
     jobs.wait()
     assert sorted(jobs.done) == ["seed 0", "seed 1", "seed 2"] and not jobs.running
     argv = (tmp_path / "ran_2").read_text().split()
     assert "--seed-only" in argv and "--quick" in argv and argv[argv.index("--threads") + 1] == "1"
     assert "threads 1" in (tmp_path / "jobs" / "seed_0.log").read_text()
-    failing = run.Jobs([("seed bad", ["--seeds", "bad"])], args, str(tmp_path))
+    failing = Jobs([("seed bad", ["--seeds", "bad"])], args, str(tmp_path), script=str(script))
     with pytest.raises(RuntimeError, match=r"seed bad failed \(exit 3\)[\s\S]*child bad threads 1"):
         failing.wait()
 
